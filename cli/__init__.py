@@ -1,0 +1,1 @@
+"""The ``kdserve`` command line."""

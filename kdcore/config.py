@@ -1,0 +1,110 @@
+"""Training configuration: one JSON object for every method.
+
+Fields and defaults (all optional but ``method``):
+
+========================  ===============  ==================================================
+field                     default          meaning
+========================  ===============  ==================================================
+method                    (required)       ``scratch`` (labels only), ``kd`` or ``fitnet``
+epochs                    10               epochs of the main stage (KD for ``fitnet``)
+batch_size                128
+optimizer                 ``sgd``          ``sgd``, ``adam``, ``adamw``, ``rmsprop``
+lr                        0.05
+momentum                  0.9              SGD and RMSprop
+nesterov                  false            SGD
+weight_decay              5e-4
+schedule                  ``cosine``       ``cosine``, ``multistep``, ``constant``
+milestones                [0.5, 0.75]      ``multistep``: fractions of the stage's epochs
+gamma                     0.1              ``multistep``: factor at each milestone
+temperature               4.0              KD temperature T (> 0)
+alpha                     0.1              weight of the hard-label loss; 1 − alpha on KD
+hint                      null             ``fitnet`` only, see :class:`HintConfig`
+augment                   ``none``         ``none``, ``flip``, ``crop``, ``crop_flip``
+crop_padding              4                zero padding for the random crop
+precision                 ``fp32``         ``fp32``, ``bf16``, ``fp16`` (autocast)
+device                    ``auto``         ``auto`` (CUDA when present), ``cpu``, ``cuda``
+val_split                 0.1              fraction of training data held out for validation
+                                           when no validation set is given (0: none)
+seed                      0
+========================  ===============  ==================================================
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class HintConfig(BaseModel):
+    """FitNets stage 1: which layers meet, and how long the hint stage runs.
+
+    ``teacher_layer`` is the hint, ``student_layer`` the guided layer; both are dotted module
+    paths as ``kdserve inspect`` prints them. ``lr`` defaults to the main stage's.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    teacher_layer: str = Field(min_length=1)
+    student_layer: str = Field(min_length=1)
+    epochs: int = Field(default=5, gt=0)
+    lr: float | None = Field(default=None, gt=0)
+
+
+class DistillConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Literal["scratch", "kd", "fitnet"]
+    epochs: int = Field(default=10, gt=0, le=10_000)
+    batch_size: int = Field(default=128, gt=0, le=65_536)
+    optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "sgd"
+    lr: float = Field(default=0.05, gt=0, le=10)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(default=5e-4, ge=0)
+    schedule: Literal["cosine", "multistep", "constant"] = "cosine"
+    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
+    gamma: float = Field(default=0.1, gt=0, le=1)
+    temperature: float = Field(default=4.0, gt=0, le=1000)
+    alpha: float = Field(default=0.1, ge=0, le=1)
+    hint: HintConfig | None = None
+    augment: Literal["none", "flip", "crop", "crop_flip"] = "none"
+    crop_padding: int = Field(default=4, ge=0, le=64)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    val_split: float = Field(default=0.1, ge=0, lt=1)
+    seed: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _method_fields(self) -> DistillConfig:
+        if self.method == "fitnet" and self.hint is None:
+            raise ValueError(
+                'method "fitnet" needs "hint": {"teacher_layer": ..., "student_layer": ...} '
+                "(dotted paths from `kdserve inspect`)"
+            )
+        if self.method != "fitnet" and self.hint is not None:
+            raise ValueError(f'"hint" applies to method "fitnet" only, not {self.method!r}')
+        if any(not 0 < m < 1 for m in self.milestones):
+            raise ValueError("milestones are fractions of the stage's epochs, each in (0, 1)")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov needs optimizer 'sgd' with momentum > 0")
+        return self
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.method != "scratch"
+
+
+def parse_config(data: str | bytes | dict[str, Any]) -> DistillConfig:
+    """Parse a config from JSON text or a dict; errors name each bad field."""
+    try:
+        obj = json.loads(data) if isinstance(data, str | bytes) else data
+        return DistillConfig.model_validate(obj)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"config is not valid JSON: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
+        )
+        raise ValueError(f"invalid config: {problems}") from exc

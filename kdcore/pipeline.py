@@ -1,0 +1,115 @@
+"""One whole job: load data and teacher, train, export the student, write ``report.json``.
+
+The CLI and the service's worker both call :func:`run`; everything a job leaves behind is
+in ``out_dir``: ``student.safetensors`` + ``student.json`` and the graph exports,
+``report.json``, ``metrics.jsonl`` and ``checkpoint.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from kdcore.config import DistillConfig
+from kdcore.data import Dataset, load_dataset
+from kdcore.export import StudentMeta, export_student
+from kdcore.report import Report, build_report
+from kdcore.specs import parse_arch
+from kdcore.train import CancelFn, ProgressFn, resolve_device, train
+from kdcore.weights import freeze, load_model
+
+REPORT_NAME = "report.json"
+DEFAULT_FORMATS: tuple[str, ...] = ("safetensors", "torchscript", "pt2", "onnx")
+
+
+@dataclass(frozen=True)
+class TeacherFile:
+    """A teacher on disk: weights, plus the spec for weight-only formats."""
+
+    path: Path
+    spec: Any | None = None
+    allow_code: bool = False  # TorchScript / torch.export files carry code: opt in only
+
+
+def load_teacher(teacher: TeacherFile, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Load, then freeze (eval mode, no gradients)."""
+    spec = parse_arch(teacher.spec) if isinstance(teacher.spec, dict | str) else teacher.spec
+    model = load_model(
+        teacher.path, spec, input_shape, num_classes, allow_code=teacher.allow_code
+    )
+    return freeze(model)
+
+
+def run(
+    *,
+    student_spec: Any,
+    config: DistillConfig,
+    data: Path | Dataset,
+    out_dir: Path,
+    val: Path | Dataset | None = None,
+    teacher: TeacherFile | None = None,
+    on_progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    resume: bool = True,
+) -> Report:
+    """Run a job end to end and return its report (also written to ``out_dir/report.json``)."""
+    spec = parse_arch(student_spec) if isinstance(student_spec, dict | str) else student_spec
+    train_data = data if isinstance(data, Dataset) else load_dataset(data)
+    val_data = val if isinstance(val, Dataset) or val is None else load_dataset(val)
+    if val_data is not None and val_data.input_shape != train_data.input_shape:
+        raise ValueError(
+            f"validation samples have shape {val_data.input_shape}, training samples "
+            f"{train_data.input_shape}; they must match"
+        )
+    teacher_model = None
+    if config.uses_teacher:
+        if teacher is None:
+            raise ValueError(f"method {config.method!r} needs a teacher")
+        teacher_model = load_teacher(teacher, train_data.input_shape, train_data.num_classes)
+
+    result = train(
+        student_spec=spec,
+        config=config,
+        train_data=train_data,
+        val_data=val_data,
+        teacher=teacher_model,
+        out_dir=out_dir,
+        on_progress=on_progress,
+        should_cancel=should_cancel,
+        resume=resume,
+    )
+    meta = StudentMeta(
+        spec=spec.model_dump(mode="json"),
+        input_shape=list(train_data.input_shape),
+        num_classes=train_data.num_classes,
+        classes=list(train_data.classes),
+        preprocess=result.normalizer.to_dict(),
+    )
+    export_student(result.student, meta, out_dir, formats=formats)
+    n_train = len(train_data) - (len(result.val_data) if val_data is None and result.val_data else 0)
+    report = build_report(
+        method=config.method,
+        student=result.student,
+        teacher=teacher_model,
+        train_samples=n_train,
+        eval_data=result.val_data,
+        input_shape=train_data.input_shape,
+        classes=list(train_data.classes),
+        normalizer=result.normalizer,
+        config=config.model_dump(mode="json"),
+        student_spec=spec.model_dump(mode="json"),
+        stage_seconds=result.stage_seconds,
+        best=result.best,
+        device=str(resolve_device(config.device)),
+    )
+    tmp = out_dir / (REPORT_NAME + ".tmp")
+    tmp.write_text(json.dumps(report.model_dump(mode="json"), indent=2) + "\n")
+    os.replace(tmp, out_dir / REPORT_NAME)
+    return report

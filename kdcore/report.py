@@ -1,0 +1,122 @@
+"""``report.json``: teacher and student side by side, as in FitNets Table 5."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+from torch import nn
+
+from kdcore.data import Dataset, Normalizer
+from kdcore.evaluate import measure_speed, predict, score, size_bytes
+from kdcore.inspection import inspect_model
+
+
+class ModelReport(BaseModel):
+    accuracy: float | None
+    top5: float | None
+    nll: float | None
+    agreement: float | None = None  # student only: top-1 agreement with the teacher
+    params: int
+    macs: int
+    size_bytes: int
+    latency_ms: float  # CPU, batch 1, median
+    throughput: float  # CPU samples/s at batch 256
+
+
+class DataReport(BaseModel):
+    train_samples: int
+    eval_samples: int
+    input_shape: list[int]
+    classes: list[str]
+
+
+class Report(BaseModel):
+    method: str
+    created_at: datetime
+    data: DataReport
+    teacher: ModelReport | None
+    student: ModelReport
+    compression: float | None  # teacher params / student params
+    speedup: float | None  # teacher latency / student latency
+    cpu_threads: int
+    device: str
+    stage_seconds: dict[str, float]
+    best: dict[str, Any]
+    config: dict[str, Any]
+    student_spec: dict[str, Any]
+
+
+def describe_model(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    eval_data: Dataset | None,
+    normalizer: Normalizer,
+    *,
+    reference_logits: torch.Tensor | None = None,
+) -> tuple[ModelReport, torch.Tensor | None]:
+    """Scores on ``eval_data`` plus size and CPU speed; also returns the logits it scored."""
+    summary = inspect_model(model, input_shape)
+    speed = measure_speed(model, input_shape)
+    logits = scores = None
+    if eval_data is not None and len(eval_data):
+        logits = predict(model, eval_data, normalizer)
+        scores = score(logits, eval_data.y, reference_logits)
+    report = ModelReport(
+        accuracy=scores.accuracy if scores else None,
+        top5=scores.top5 if scores else None,
+        nll=scores.nll if scores else None,
+        agreement=scores.agreement if scores else None,
+        params=summary.params,
+        macs=summary.macs,
+        size_bytes=size_bytes(model),
+        latency_ms=speed.latency_ms,
+        throughput=speed.throughput,
+    )
+    return report, logits
+
+
+def build_report(
+    *,
+    method: str,
+    student: nn.Module,
+    teacher: nn.Module | None,
+    train_samples: int,
+    eval_data: Dataset | None,
+    input_shape: tuple[int, ...],
+    classes: list[str],
+    normalizer: Normalizer,
+    config: dict[str, Any],
+    student_spec: dict[str, Any],
+    stage_seconds: dict[str, float],
+    best: dict[str, Any],
+    device: str,
+) -> Report:
+    t_report = t_logits = None
+    if teacher is not None:
+        t_report, t_logits = describe_model(teacher, input_shape, eval_data, normalizer)
+    s_report, _ = describe_model(
+        student, input_shape, eval_data, normalizer, reference_logits=t_logits
+    )
+    return Report(
+        method=method,
+        created_at=datetime.now(UTC),
+        data=DataReport(
+            train_samples=train_samples,
+            eval_samples=len(eval_data) if eval_data is not None else 0,
+            input_shape=list(input_shape),
+            classes=classes,
+        ),
+        teacher=t_report,
+        student=s_report,
+        compression=t_report.params / s_report.params if t_report else None,
+        speedup=t_report.latency_ms / s_report.latency_ms if t_report else None,
+        cpu_threads=torch.get_num_threads(),
+        device=device,
+        stage_seconds=stage_seconds,
+        best=best,
+        config=config,
+        student_spec=student_spec,
+    )

@@ -1,0 +1,142 @@
+import pytest
+import torch
+
+from kdcore.models import build_model, register_family
+from kdcore.specs import SpecError, arch_json_schema, parse_arch
+
+EXAMPLES = {
+    "mlp-teacher": {"family": "mlp", "hidden": [1200, 1200], "dropout": 0.2},
+    "mlp-student": {"family": "mlp", "hidden": [800, 800]},
+    "resnet8x4": {"family": "resnet", "depth": 8, "width": 4},
+    "resnet20": {"family": "resnet", "depth": 20},
+    "wrn-16-2": {"family": "wrn", "depth": 16, "width": 2},
+    "cnn": {
+        "family": "cnn",
+        "layers": [
+            {"type": "conv", "out": 16, "k": 3, "pad": 1, "name": "c1"},
+            {"type": "relu"},
+            {"type": "maxpool", "k": 2},
+            {"type": "flatten"},
+            {"type": "linear", "out": 10},
+        ],
+    },
+}
+
+
+@pytest.mark.parametrize("name", list(EXAMPLES))
+def test_examples_build_and_give_logits(name: str) -> None:
+    model = build_model(EXAMPLES[name], (3, 32, 32), 10)
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    ("spec", "params"),
+    [
+        # Reference counts of the CIFAR nets (He et al. 2016; Zagoruyko & Komodakis 2016).
+        ({"family": "resnet", "depth": 20}, 272_474),
+        ({"family": "wrn", "depth": 40, "width": 2}, 2_243_546),
+        ({"family": "wrn", "depth": 16, "width": 2}, 691_674),
+    ],
+)
+def test_residual_nets_have_reference_parameter_counts(spec: dict, params: int) -> None:
+    model = build_model(spec, (3, 32, 32), 10)
+    assert sum(p.numel() for p in model.parameters()) == params
+
+
+def test_cnn_paths_are_names_or_indices() -> None:
+    model = build_model(EXAMPLES["cnn"], (3, 32, 32), 10)
+    assert [n for n, _ in model.named_children()] == ["c1", "1", "2", "3", "4"]
+
+
+def test_mlp_paths_and_sizes() -> None:
+    model = build_model(EXAMPLES["mlp-teacher"], (1, 28, 28), 10)
+    names = [n for n, _ in model.named_children()]
+    assert names == ["flatten", "fc1", "relu1", "drop1", "fc2", "relu2", "drop2", "head"]
+    assert model.fc1.in_features == 784
+
+
+def test_maxout_layers() -> None:
+    spec = {
+        "family": "cnn",
+        "layers": [
+            {"type": "maxout_conv", "out": 8, "k": 3, "pieces": 3, "name": "mc"},
+            {"type": "flatten"},
+            {"type": "maxout_linear", "out": 12},
+            {"type": "linear"},
+        ],
+    }
+    model = build_model(spec, (1, 6, 6), 4)
+    assert model.mc.conv.out_channels == 24
+    assert model(torch.zeros(2, 1, 6, 6)).shape == (2, 4)
+
+
+def test_unknown_family_lists_valid_ones() -> None:
+    with pytest.raises(SpecError, match="valid families: cnn, resnet, wrn, mlp"):
+        parse_arch({"family": "vit"})
+
+
+def test_unknown_layer_type_lists_valid_ones() -> None:
+    with pytest.raises(SpecError, match="'conv'.*'linear'"):
+        parse_arch({"family": "cnn", "layers": [{"type": "lstm"}]})
+
+
+def test_bad_depth_says_which_are_valid() -> None:
+    with pytest.raises(SpecError, match="6n\\+2"):
+        parse_arch({"family": "resnet", "depth": 10})
+
+
+def test_unknown_field_is_refused() -> None:
+    with pytest.raises(SpecError, match="hidden_sizes"):
+        parse_arch({"family": "mlp", "hidden": [8], "hidden_sizes": [3]})
+
+
+def test_impossible_shape_names_the_layer() -> None:
+    spec = {"family": "cnn", "layers": [{"type": "conv", "out": 4, "k": 9}, {"type": "flatten"},
+                                        {"type": "linear"}]}
+    with pytest.raises(SpecError, match="layer 0.*cannot take input shape \\(3, 5, 5\\)"):
+        build_model(spec, (3, 5, 5), 10)
+
+
+def test_linear_on_an_image_asks_for_flatten() -> None:
+    spec = {"family": "cnn", "layers": [{"type": "linear"}]}
+    with pytest.raises(SpecError, match="flatten"):
+        build_model(spec, (3, 8, 8), 10)
+
+
+def test_wrong_class_count_at_the_end() -> None:
+    spec = {"family": "cnn", "layers": [{"type": "flatten"}, {"type": "linear", "out": 5}]}
+    with pytest.raises(SpecError, match="10 classes"):
+        build_model(spec, (3, 8, 8), 10)
+
+
+def test_image_families_refuse_vectors() -> None:
+    with pytest.raises(SpecError, match="mlp"):
+        build_model({"family": "resnet", "depth": 8}, (784,), 10)
+
+
+def test_duplicate_layer_names() -> None:
+    layers = [{"type": "relu", "name": "a"}, {"type": "relu", "name": "a"}]
+    with pytest.raises(SpecError, match="twice"):
+        parse_arch({"family": "cnn", "layers": layers})
+
+
+def test_json_schema_lists_every_family() -> None:
+    schema = arch_json_schema()
+    text = str(schema)
+    for family in ("cnn", "resnet", "wrn", "mlp", "maxout_conv"):
+        assert family in text
+
+
+def test_registered_family_is_built() -> None:
+    from torch import nn
+
+    from kdcore import specs
+
+    register_family("cnn", lambda spec, shape, k: nn.Sequential(nn.Flatten(), nn.Linear(12, k)))
+    try:
+        model = build_model(specs.CnnSpec(family="cnn", layers=[{"type": "relu"}]), (3, 2, 2), 3)
+        assert isinstance(model[1], nn.Linear)
+    finally:
+        from kdcore.models.cnn import build_cnn
+
+        register_family("cnn", build_cnn)
