@@ -1,0 +1,796 @@
+"""Datasets: loading, splitting, normalizing, augmenting and batching.
+
+:func:`load_dataset` reads one of these formats, chosen by the path's suffix:
+
+``.npz``
+    Arrays ``x`` and ``y``, optionally ``classes`` (a string array, label order). Never
+    unpickled. ``x`` is ``(N, C, H, W)``, ``(N, H, W, C)`` (taken as channels-last when the last
+    dimension is 1, 3 or 4 and dimension 1 is not), ``(N, H, W)`` (grayscale, becomes C = 1) or
+    ``(N, F)`` (vectors). ``uint8`` stays ``uint8``; every other numeric dtype becomes
+    ``float32``. ``y`` holds integer labels in ``[0, num_classes)``, where ``num_classes`` is
+    ``len(classes)`` when given, else ``max(y) + 1``.
+
+Image folders: ``.zip``, ``.tar``, ``.tar.gz`` / ``.tgz``, ``.tar.bz2``, ``.tar.xz``, or a directory
+    One folder per class holding PNG or JPEG images (``airplane/0001.png``), optionally under
+    common top folders (``train/airplane/0001.png``), which are stripped. Images deeper inside a
+    class folder belong to that class. Classes are the folder names in sorted order; samples
+    are ordered by path, so every container of the same files gives the same dataset. Hidden
+    files, ``__MACOSX/`` and files that are not ``.png`` / ``.jpg`` / ``.jpeg`` are ignored.
+    Members are read straight from the archive, never extracted; only regular files are read
+    (symlinks, hard links and devices are skipped, not followed), and a member whose name is
+    absolute or contains ``..`` fails the load. All images must have the same size. If every
+    image is grayscale (PIL mode ``L``) the data has one channel, otherwise images are
+    converted to RGB. ``x`` is ``uint8`` ``(N, C, H, W)``.
+
+Limits for untrusted uploads: ``max_samples`` (N), ``max_image_pixels`` (width × height of
+one image, checked from the header before decoding) and ``max_total_bytes``, which bounds the
+uncompressed bytes read (declared sizes are checked before reading and actual bytes are
+counted while reading; a tar stream counts the members it skips, since it decompresses them),
+the size of the decoded array, and for ``.npz`` the arrays' sizes from their headers.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import stat
+import struct
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+__all__ = [
+    "DataError",
+    "Dataset",
+    "Normalizer",
+    "augment",
+    "batches",
+    "load_dataset",
+]
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_PIL_FORMATS = ("PNG", "JPEG")
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+_SUPPORTED = (
+    ".npz (arrays x, y and optional classes), or an image folder (one folder per class of "
+    "PNG/JPEG images) as .zip, .tar, .tar.gz/.tgz, .tar.bz2, .tar.xz or a directory"
+)
+# Errors PIL raises on bad input; they vary by codec, so the decoder boundary catches them all.
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error)
+_TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
+# float64 elements per chunk in Normalizer.fit: 32 MiB of temporaries at most.
+_FIT_CHUNK_ELEMENTS = 1 << 22
+
+
+class DataError(ValueError):
+    """Bad or unreadable data; the message says what to fix."""
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Samples and labels held in memory.
+
+    Attributes:
+        x: ``(N, C, H, W)`` images or ``(N, F)`` vectors, ``uint8`` or ``float32``, on the CPU,
+            contiguous.
+        y: ``(N,)`` ``int64`` labels in ``[0, num_classes)``.
+        classes: class names in label order.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    classes: list[str]
+
+    def __post_init__(self) -> None:
+        # Cheap invariant checks only; label ranges are checked by the loader.
+        x, y = self.x, self.y
+        if x.ndim not in (2, 4):
+            raise DataError(f"x must be (N, C, H, W) or (N, F), got shape {tuple(x.shape)}")
+        if x.dtype not in (torch.uint8, torch.float32):
+            raise DataError(f"x must be uint8 or float32, got {x.dtype}")
+        if x.device.type != "cpu" or not x.is_contiguous():
+            raise DataError("x must be a contiguous CPU tensor")
+        if y.ndim != 1 or y.dtype != torch.int64:
+            raise DataError(f"y must be a 1-D int64 tensor, got {y.dtype} {tuple(y.shape)}")
+        if x.shape[0] != y.shape[0]:
+            raise DataError(f"x has {x.shape[0]} samples but y has {y.shape[0]} labels")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample's shape: ``(C, H, W)`` or ``(F,)``."""
+        return tuple(self.x.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def subset(self, index: torch.Tensor) -> Dataset:
+        """The samples at ``index`` (int64 positions or a boolean mask), as a new dataset."""
+        index = index.to(device="cpu")
+        return Dataset(self.x[index].contiguous(), self.y[index].contiguous(), list(self.classes))
+
+    def split(self, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+        """Hold out a stratified ``fraction`` of the samples, e.g. for validation.
+
+        Each class gives ``fraction`` of its samples (largest remainders round), so the
+        held-out part has ``round(fraction * N)`` samples, except that when ``fraction > 0``
+        every class with at least two samples gives at least one, and every class keeps at
+        least one in the rest; those two rules win over the exact total.
+
+        Args:
+            fraction: share to hold out, in ``[0, 1)``; ``0`` returns ``(self, empty)``.
+            seed: which samples are held out; the same seed gives the same split.
+
+        Returns:
+            ``(rest, held_out)``, disjoint, each in the original sample order.
+        """
+        if not 0.0 <= fraction < 1.0:
+            raise ValueError(f"split fraction must be in [0, 1), got {fraction}")
+        n = len(self)
+        if fraction == 0.0 or n == 0:
+            return self, self.subset(torch.empty(0, dtype=torch.int64))
+        counts = torch.bincount(self.y, minlength=self.num_classes)  # (K,)
+        quota = torch.from_numpy(_held_out_quota(counts.numpy(), fraction, round(fraction * n)))
+
+        gen = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(n, generator=gen)  # (N,)
+        labels = self.y[perm]
+        order = torch.argsort(labels, stable=True)
+        idx, labels = perm[order], labels[order]  # grouped by class, shuffled within a class
+        starts = torch.cumsum(counts, 0) - counts  # (K,)
+        rank = torch.arange(n) - starts[labels]  # position within its class
+        held = rank < quota[labels]
+        rest_idx = torch.sort(idx[~held]).values
+        held_idx = torch.sort(idx[held]).values
+        return self.subset(rest_idx), self.subset(held_idx)
+
+
+def _held_out_quota(
+    counts: npt.NDArray[np.int64], fraction: float, target: int
+) -> npt.NDArray[np.int64]:
+    """Per-class held-out counts summing to ``target`` where the per-class rules allow."""
+    ideal = fraction * counts.astype(np.float64)
+    cap = np.maximum(counts - 1, 0)  # keep one of each class for training
+    quota = np.minimum(np.floor(ideal).astype(np.int64), cap)
+    floor_one = counts >= 2
+    quota[floor_one] = np.maximum(quota[floor_one], 1)
+    target = max(min(target, int(cap.sum())), int(floor_one.sum()))
+    # Largest remainder first; ties go to the lower label so the split is reproducible.
+    while quota.sum() < target:
+        room = quota < cap
+        gap = np.where(room, ideal - quota, -np.inf)
+        quota[int(np.argmax(gap))] += 1
+    while quota.sum() > target:
+        spare = quota > np.where(floor_one, 1, 0)
+        excess = np.where(spare, quota - ideal, -np.inf)
+        quota[int(np.argmax(excess))] -= 1
+    return quota
+
+
+def load_dataset(
+    path: str | Path,
+    *,
+    max_samples: int | None = None,
+    max_image_pixels: int = 4096 * 4096,
+    max_total_bytes: int = 8 * 2**30,
+) -> Dataset:
+    """Load a dataset from an ``.npz`` file or an image folder (archive or directory).
+
+    The formats and the limits are described in this module's docstring.
+
+    Args:
+        path: the file or directory.
+        max_samples: refuse datasets with more samples than this (``None``: no limit).
+        max_image_pixels: refuse any image whose width × height is larger.
+        max_total_bytes: refuse data whose uncompressed or decoded size is larger.
+
+    Raises:
+        DataError: the file is missing, corrupt, of an unsupported format, breaks a limit or
+            holds invalid data; the message names the file or member and what to fix.
+    """
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples must be at least 1, got {max_samples}")
+    if max_image_pixels < 1 or max_total_bytes < 1:
+        raise ValueError("max_image_pixels and max_total_bytes must be positive")
+    path = Path(path)
+    limits = _Limits(max_samples, max_image_pixels, max_total_bytes)
+    if path.is_dir():
+        return _load_folder(path, "dir", limits)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file or directory")
+    name = path.name.lower()
+    if name.endswith(".npz"):
+        return _load_npz(path, limits)
+    if name.endswith(".zip"):
+        return _load_folder(path, "zip", limits)
+    if name.endswith(_TAR_SUFFIXES):
+        return _load_folder(path, "tar", limits)
+    raise DataError(f"{path.name}: unsupported dataset format; supported: {_SUPPORTED}")
+
+
+@dataclass(frozen=True)
+class _Limits:
+    max_samples: int | None
+    max_image_pixels: int
+    max_total_bytes: int
+
+    def check_samples(self, n: int, source: str) -> None:
+        if self.max_samples is not None and n > self.max_samples:
+            raise DataError(
+                f"{source}: holds more than max_samples={self.max_samples} samples "
+                f"(at least {n}); use a smaller dataset"
+            )
+
+
+class _Budget:
+    """Uncompressed bytes still allowed: the zip-bomb guard."""
+
+    def __init__(self, limit: int, source: str) -> None:
+        self.limit = limit
+        self.used = 0
+        self.source = source
+
+    def take(self, n: int, member: str) -> None:
+        self.used += n
+        if self.used > self.limit:
+            raise DataError(
+                f"{self.source}: more than max_total_bytes={self.limit} uncompressed bytes "
+                f"(reached at {member!r}); the archive is too large or a decompression bomb"
+            )
+
+
+# --------------------------------------------------------------------------------------- npz
+
+
+def _load_npz(path: Path, limits: _Limits) -> Dataset:
+    source = path.name
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"{source}: not a readable .npz file ({exc})") from exc
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise DataError(f"{source}: holds a single array, not an .npz archive of x and y")
+    with npz:
+        keys = list(npz.files)
+        missing = [k for k in ("x", "y") if k not in keys]
+        if missing:
+            raise DataError(
+                f"{source}: missing array(s) {', '.join(missing)}; found "
+                f"{', '.join(keys) or 'no arrays'}; save with np.savez(path, x=..., y=...)"
+            )
+        wanted = ["x", "y"] + (["classes"] if "classes" in keys else [])
+        shapes = _check_npz_sizes(npz, wanted, source, limits)
+        if shapes["x"] and shapes["x"][0] == 0:
+            raise DataError(f"{source}: x is empty; the dataset needs at least one sample")
+        limits.check_samples(shapes["x"][0] if shapes["x"] else 0, source)
+        arrays = {}
+        for key in wanted:
+            try:
+                arrays[key] = npz[key]
+            except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+                raise DataError(
+                    f"{source}: cannot read array {key!r} ({exc}); save plain numeric arrays "
+                    "(and classes as np.array(names, dtype=str)), not Python objects"
+                ) from exc
+    x = _npz_x(arrays["x"], source)
+    y = _npz_y(arrays["y"], source)
+    if x.shape[0] != y.shape[0]:
+        raise DataError(
+            f"{source}: x has {x.shape[0]} samples but y has {y.shape[0]} labels; "
+            "they must match one to one"
+        )
+    classes = _npz_classes(arrays["classes"], source) if "classes" in arrays else None
+    num_classes = len(classes) if classes is not None else int(y.max()) + 1
+    if int(y.min()) < 0 or int(y.max()) >= num_classes:
+        bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
+        raise DataError(
+            f"{source}: label {bad} is out of range; labels must be in [0, {num_classes})"
+            + (f" for the {num_classes} names in classes" if classes is not None else "")
+        )
+    present = int(np.count_nonzero(np.bincount(y, minlength=num_classes)))
+    if present < 2:
+        raise DataError(
+            f"{source}: y holds only {present} distinct class; classification needs at least 2"
+        )
+    if classes is None:
+        classes = [str(i) for i in range(num_classes)]
+    return Dataset(torch.from_numpy(x), torch.from_numpy(y), classes)
+
+
+def _check_npz_sizes(
+    npz: Any, keys: list[str], source: str, limits: _Limits
+) -> dict[str, tuple[int, ...]]:
+    """Read each array's header and refuse oversized arrays before numpy allocates them."""
+    zf: zipfile.ZipFile = npz.zip
+    names = set(zf.namelist())
+    shapes: dict[str, tuple[int, ...]] = {}
+    total = 0
+    for key in keys:
+        member = f"{key}.npy" if f"{key}.npy" in names else key
+        try:
+            with zf.open(member) as fp:
+                version = np.lib.format.read_magic(fp)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(fp)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(fp)
+                else:
+                    raise ValueError(f"unsupported .npy format version {version}")
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+            raise DataError(f"{source}: array {key!r} is unreadable ({exc})") from exc
+        if dtype.hasobject:
+            raise DataError(
+                f"{source}: array {key!r} holds Python objects, which are never unpickled; "
+                "save numbers, and class names as np.array(names, dtype=str)"
+            )
+        shapes[key] = tuple(shape)
+        total += math.prod(shape) * dtype.itemsize
+        if total > limits.max_total_bytes:
+            raise DataError(
+                f"{source}: arrays are larger than max_total_bytes={limits.max_total_bytes}"
+            )
+    return shapes
+
+
+def _npz_x(x: npt.NDArray[Any], source: str) -> npt.NDArray[Any]:
+    if not (x.dtype == np.uint8 or x.dtype.kind in "biuf"):
+        raise DataError(f"{source}: x must be numeric (uint8 or float), got dtype {x.dtype}")
+    if x.ndim == 4:
+        if x.shape[3] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+            x = x.transpose(0, 3, 1, 2)  # (N, H, W, C) -> (N, C, H, W)
+    elif x.ndim == 3:
+        x = x[:, None]  # (N, H, W) -> (N, 1, H, W)
+    elif x.ndim != 2:
+        raise DataError(
+            f"{source}: x has shape {x.shape}; expected (N, C, H, W), (N, H, W, C), (N, H, W) "
+            "or (N, F)"
+        )
+    if math.prod(x.shape[1:]) == 0:
+        raise DataError(f"{source}: x has shape {x.shape}; every sample needs at least one value")
+    if x.dtype != np.uint8:
+        x = x.astype(np.float32)
+        if not np.isfinite(x).all():
+            raise DataError(
+                f"{source}: x holds NaN or infinite values (or values beyond float32's range); "
+                "clean or impute them before uploading"
+            )
+    return np.ascontiguousarray(x)
+
+
+def _npz_y(y: npt.NDArray[Any], source: str) -> npt.NDArray[np.int64]:
+    if y.dtype.kind not in "iu":
+        raise DataError(
+            f"{source}: y must hold integer class labels, got dtype {y.dtype}; "
+            "convert with y.astype(np.int64)"
+        )
+    if y.ndim != 1:
+        raise DataError(f"{source}: y must be 1-D (N,), got shape {y.shape}; use y.reshape(-1)")
+    if y.shape[0] == 0:
+        raise DataError(f"{source}: y is empty; the dataset needs at least one sample")
+    if y.dtype == np.uint64 and int(y.max()) > np.iinfo(np.int64).max:
+        raise DataError(f"{source}: label {int(y.max())} is out of range")
+    return np.ascontiguousarray(y.astype(np.int64))
+
+
+def _npz_classes(classes: npt.NDArray[Any], source: str) -> list[str]:
+    if classes.dtype.kind not in "US" or classes.ndim != 1:
+        raise DataError(
+            f"{source}: classes must be a 1-D string array such as np.array(names, dtype=str), "
+            f"got dtype {classes.dtype} shape {classes.shape}"
+        )
+    names = [c.decode() if isinstance(c, bytes) else str(c) for c in classes.tolist()]
+    if len(set(names)) != len(names):
+        dupes = sorted({c for c in names if names.count(c) > 1})
+        raise DataError(f"{source}: class names must be unique; repeated: {', '.join(dupes)}")
+    return names
+
+
+# ----------------------------------------------------------------------------- image folders
+
+
+@dataclass(frozen=True)
+class _Member:
+    """One image file of an image folder."""
+
+    parts: tuple[str, ...]  # path inside the container, root folders stripped later
+    name: str  # as written in the container, for messages
+    read: Callable[[], bytes]
+
+
+def _load_folder(path: Path, kind: str, limits: _Limits) -> Dataset:
+    source = path.name
+    budget = _Budget(limits.max_total_bytes, source)
+    if kind == "dir":
+        return _build_folder(_dir_members(path, budget, limits), source, limits)
+    if kind == "tar":
+        return _build_folder(_tar_members(path, budget, limits), source, limits)
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise DataError(f"{source}: not a readable zip archive ({exc})") from exc
+    with zf:
+        return _build_folder(_zip_members(zf, budget, limits), source, limits)
+
+
+def _member_parts(name: str, source: str) -> tuple[str, ...] | None:
+    """Path parts of an image member, ``None`` for members to ignore; refuses escaping names."""
+    norm = name.replace("\\", "/")
+    parts = norm.split("/")
+    if norm.startswith("/") or (len(norm) > 1 and norm[1] == ":") or ".." in parts:
+        raise DataError(
+            f"{source}: member {name!r} has an absolute path or '..'; archives must hold "
+            "relative paths such as airplane/0001.png"
+        )
+    parts = [p for p in parts if p not in ("", ".")]
+    if not parts or not parts[-1].lower().endswith(_IMAGE_SUFFIXES):
+        return None
+    if any(p.startswith(".") or p == "__MACOSX" for p in parts):
+        return None  # macOS metadata (._x.png) and hidden files
+    return tuple(parts)
+
+
+def _zip_members(zf: zipfile.ZipFile, budget: _Budget, limits: _Limits) -> list[_Member]:
+    members: list[_Member] = []
+    declared = 0
+    for info in zf.infolist():
+        parts = _member_parts(info.filename, budget.source)
+        if info.is_dir() or parts is None:
+            continue
+        mode = info.external_attr >> 16  # unix mode, when the zip was made on unix
+        if mode and not stat.S_ISREG(mode):
+            continue  # symlink or device entry: never followed
+        declared += info.file_size
+        if declared > budget.limit:
+            budget.take(declared, info.filename)
+        members.append(_Member(parts, info.filename, _zip_reader(zf, info, budget)))
+        limits.check_samples(len(members), budget.source)
+    return members
+
+
+def _zip_reader(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Budget) -> Callable[[], bytes]:
+    def read() -> bytes:
+        try:
+            with zf.open(info) as fp:
+                data = fp.read(info.file_size + 1)
+        except NotImplementedError as exc:
+            raise DataError(
+                f"{budget.source}: {info.filename!r} uses an unsupported compression ({exc}); "
+                "re-create the zip with deflate"
+            ) from exc
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, RuntimeError) as exc:
+            # RuntimeError: an encrypted member.
+            raise DataError(f"{budget.source}: cannot read {info.filename!r} ({exc})") from exc
+        budget.take(len(data), info.filename)
+        return data
+
+    return read
+
+
+def _tar_members(path: Path, budget: _Budget, limits: _Limits) -> list[_Member]:
+    members: list[_Member] = []
+    try:
+        # Stream mode: one pass over the (possibly compressed) file, no seeking back.
+        with tarfile.open(path, mode="r|*") as tf:
+            for info in tf:
+                parts = _member_parts(info.name, budget.source)
+                if not info.isreg():
+                    continue  # symlinks, hard links, devices, directories: never followed
+                # Skipped members are decompressed too, so they count against the budget.
+                budget.take(info.size, info.name)
+                if parts is None:
+                    continue
+                fp = tf.extractfile(info)
+                if fp is None:
+                    continue
+                data = fp.read(info.size)
+                if len(data) != info.size:
+                    raise DataError(f"{budget.source}: {info.name!r} is truncated")
+                members.append(_Member(parts, info.name, _constant(data)))
+                limits.check_samples(len(members), budget.source)
+    except _TAR_ERRORS as exc:
+        raise DataError(
+            f"{budget.source}: not a readable tar archive, or corrupt or truncated ({exc})"
+        ) from exc
+    return members
+
+
+def _constant(data: bytes) -> Callable[[], bytes]:
+    return lambda: data
+
+
+def _dir_members(root: Path, budget: _Budget, limits: _Limits) -> list[_Member]:
+    members: list[_Member] = []
+    declared = 0
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            raise DataError(f"{folder}: cannot list directory ({exc})") from exc
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(Path(entry.path))
+                continue
+            if not entry.is_file(follow_symlinks=False):
+                continue  # symlinks and special files: never followed
+            rel = Path(entry.path).relative_to(root).as_posix()
+            parts = _member_parts(rel, root.name)
+            if parts is None:
+                continue
+            size = entry.stat(follow_symlinks=False).st_size
+            declared += size
+            if declared > budget.limit:
+                budget.take(declared, rel)
+            members.append(_Member(parts, rel, _file_reader(Path(entry.path), size, rel, budget)))
+            limits.check_samples(len(members), root.name)
+    return members
+
+
+def _file_reader(path: Path, size: int, rel: str, budget: _Budget) -> Callable[[], bytes]:
+    def read() -> bytes:
+        try:
+            with path.open("rb") as fp:
+                data = fp.read(size + 1)
+        except OSError as exc:
+            raise DataError(f"{rel}: cannot read ({exc})") from exc
+        budget.take(len(data), rel)
+        return data
+
+    return read
+
+
+def _build_folder(members: list[_Member], source: str, limits: _Limits) -> Dataset:
+    if not members:
+        raise DataError(
+            f"{source}: no PNG or JPEG images found; expected one folder per class, "
+            "e.g. airplane/0001.png, bird/0001.png"
+        )
+    paths = [m.parts for m in members]
+    # Strip top folders shared by every image (train/airplane/x.png -> airplane/x.png).
+    depth = 0
+    while all(len(p) - depth >= 3 for p in paths) and len({p[depth] for p in paths}) == 1:
+        depth += 1
+    for m in members:
+        if len(m.parts) - depth < 2:
+            raise DataError(
+                f"{source}: image {m.name!r} is not inside a class folder; expected "
+                "<class>/<image>, e.g. airplane/0001.png"
+            )
+    order = sorted(range(len(members)), key=lambda i: paths[i][depth:])
+    members = [members[i] for i in order]
+    classes = sorted({m.parts[depth] for m in members})
+    if len(classes) < 2:
+        raise DataError(
+            f"{source}: found only the class folder {classes[0]!r}; classification needs at "
+            "least two class folders"
+        )
+    label_of = {c: i for i, c in enumerate(classes)}
+    y = torch.tensor([label_of[m.parts[depth]] for m in members], dtype=torch.int64)
+    x = _decode_images(members, source, limits)
+    return Dataset(torch.from_numpy(x), y, classes)
+
+
+def _open_image(data: bytes, name: str, source: str, max_pixels: int) -> Image.Image:
+    try:
+        img = Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{source}: image {name!r} is too large ({exc})") from exc
+    except _DECODE_ERRORS as exc:
+        raise DataError(f"{source}: {name!r} is not a readable PNG/JPEG image ({exc})") from exc
+    w, h = img.size
+    if w * h > max_pixels:
+        raise DataError(
+            f"{source}: image {name!r} is {w}x{h} = {w * h} pixels, over the limit of "
+            f"{max_pixels}; resize the images"
+        )
+    return img
+
+
+def _decode_images(members: list[_Member], source: str, limits: _Limits) -> npt.NDArray[np.uint8]:
+    """Decode every image into one preallocated ``(N, C, H, W)`` uint8 array."""
+    n = len(members)
+    first = _open_image(members[0].read(), members[0].name, source, limits.max_image_pixels)
+    size = first.size
+    channels = 1 if first.mode == "L" else 3
+    w, h = size
+    if n * 3 * h * w > limits.max_total_bytes:  # 3: the array may grow to RGB
+        raise DataError(
+            f"{source}: {n} images of {w}x{h} need more than max_total_bytes="
+            f"{limits.max_total_bytes} bytes decoded; use fewer or smaller images"
+        )
+    x = np.empty((n, channels, h, w), dtype=np.uint8)
+    img: Image.Image | None = first
+    for i, m in enumerate(members):
+        if img is None:
+            img = _open_image(m.read(), m.name, source, limits.max_image_pixels)
+        if img.size != size:
+            raise DataError(
+                f"{source}: image {m.name!r} is {img.size[0]}x{img.size[1]} but "
+                f"{members[0].name!r} is {w}x{h}; all images must have the same size"
+            )
+        try:
+            if channels == 1 and img.mode != "L":
+                # First colour image after grayscale ones: grayscale -> RGB repeats the channel.
+                rgb = np.empty((n, 3, h, w), dtype=np.uint8)
+                rgb[:i] = x[:i]
+                x, channels = rgb, 3
+            if channels == 1:
+                x[i, 0] = np.asarray(img)  # (H, W)
+            else:
+                if img.mode != "RGB":
+                    img = img.convert("RGB")
+                x[i] = np.asarray(img).transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+        except _DECODE_ERRORS as exc:
+            raise DataError(f"{source}: image {m.name!r} is corrupt or truncated ({exc})") from exc
+        img = None
+    return x
+
+
+# ----------------------------------------------------------------------- normalizing, batching
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """Maps raw batches to ``((x * scale) - mean) / std`` in float32.
+
+    Attributes:
+        scale: ``1/255`` for uint8 data, ``1.0`` for float data.
+        mean: per channel for images, one value for vectors (after scaling).
+        std: like ``mean``; at least ``1e-6``.
+    """
+
+    scale: float
+    mean: list[float]
+    std: list[float]
+    _cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        if not self.mean or len(self.mean) != len(self.std):
+            raise ValueError("normalizer mean and std need the same, non-zero length")
+        if not self.scale > 0 or not all(s > 0 for s in self.std):
+            raise ValueError("normalizer scale and std must be positive")
+
+    @classmethod
+    def fit(cls, ds: Dataset) -> Normalizer:
+        """Mean and std of ``ds.x * scale``: per channel for images, one value for vectors.
+
+        Computed in float64, chunk by chunk (two passes), so no float copy of the data is made.
+        """
+        if len(ds) == 0:
+            raise DataError("cannot fit a normalizer on an empty dataset")
+        x = ds.x
+        scale = 1.0 / 255.0 if x.dtype == torch.uint8 else 1.0
+        dims = (0, 2, 3) if x.ndim == 4 else (0, 1)
+        per_channel = x.ndim == 4
+        rows = max(1, _FIT_CHUNK_ELEMENTS // max(1, math.prod(ds.input_shape)))
+        count = x.numel() // (x.shape[1] if per_channel else 1)
+        # Two passes (mean, then squared deviations) stay accurate for data far from zero.
+        total = sum(chunk.to(torch.float64).sum(dim=dims) for chunk in x.split(rows))
+        mean = torch.as_tensor(total) / count  # (C,) or ()
+        centre = mean.reshape(1, -1, 1, 1) if per_channel else mean
+        sq = sum(
+            (chunk.to(torch.float64) - centre).square_().sum(dim=dims) for chunk in x.split(rows)
+        )
+        std = (torch.as_tensor(sq) / count).sqrt() * scale
+        std = std.clamp_min(1e-6)
+        mean = mean * scale
+        return cls(scale=scale, mean=mean.reshape(-1).tolist(), std=std.reshape(-1).tolist())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalize a raw batch (``uint8`` or float, any device) to float32."""
+        if len(self.mean) > 1 and (x.ndim != 4 or x.shape[1] != len(self.mean)):
+            raise ValueError(
+                f"normalizer is for {len(self.mean)}-channel images (B, C, H, W), "
+                f"got a batch of shape {tuple(x.shape)}"
+            )
+        a, b = self._coefficients(x.device)
+        out = torch.mul(x, a)  # a new tensor, so the caller's batch is never modified
+        if out.dtype != torch.float32:
+            out = out.to(torch.float32)
+        return out.sub_(b)
+
+    def _coefficients(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``scale / std`` and ``mean / std``, shaped to broadcast, cached per device."""
+        cached = self._cache.get(device)
+        if cached is None:
+            mean = torch.tensor(self.mean, dtype=torch.float64)
+            std = torch.tensor(self.std, dtype=torch.float64)
+            shape = (1, -1, 1, 1) if len(self.mean) > 1 else (1,)
+            a = (self.scale / std).reshape(shape).to(device=device, dtype=torch.float32)
+            b = (mean / std).reshape(shape).to(device=device, dtype=torch.float32)
+            cached = self._cache[device] = (a, b)
+        return cached
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form, for checkpoints and exports."""
+        return {"scale": self.scale, "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Normalizer:
+        """Inverse of :meth:`to_dict`."""
+        try:
+            return cls(
+                scale=float(d["scale"]),
+                mean=[float(v) for v in d["mean"]],
+                std=[float(v) for v in d["std"]],
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(
+                f"normalizer needs {{'scale': float, 'mean': [float], 'std': [float]}}, "
+                f"got {d!r} ({exc})"
+            ) from exc
+
+
+def augment(
+    x: torch.Tensor, *, crop_padding: int, flip: bool, crop: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """Random crop after zero padding, and random horizontal flip, per sample.
+
+    Random numbers are drawn on the CPU from ``generator`` (crop offsets first, then flips),
+    so the result depends only on the generator's state, not on ``x``'s device.
+
+    Args:
+        x: ``(B, C, H, W)`` batch on any device; not modified.
+        crop_padding: zero padding on each side before cropping back to ``(H, W)``.
+        flip: mirror each sample left-right with probability 0.5.
+        crop: apply the random crop.
+        generator: a CPU generator.
+
+    Returns:
+        A ``(B, C, H, W)`` batch.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"augment needs an image batch (B, C, H, W), got {tuple(x.shape)}")
+    if crop_padding < 0:
+        raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
+    b, c, h, w = x.shape
+    out = x
+    if crop and crop_padding > 0:
+        p = crop_padding
+        offsets = torch.randint(0, 2 * p + 1, (2, b), generator=generator).to(x.device)  # (2, B)
+        padded = F.pad(x, (p, p, p, p))  # (B, C, H+2p, W+2p)
+        rows = offsets[0, :, None] + torch.arange(h, device=x.device)  # (B, H)
+        cols = offsets[1, :, None] + torch.arange(w, device=x.device)  # (B, W)
+        out = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * p))
+        out = out.gather(3, cols[:, None, None, :].expand(b, c, h, w))  # (B, C, H, W)
+    if flip:
+        mirror = (torch.rand(b, generator=generator) < 0.5).to(x.device)  # (B,)
+        out = torch.where(mirror[:, None, None, None], out.flip(3), out)
+    return out
+
+
+def batches(
+    n: int, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None
+) -> Iterator[torch.Tensor]:
+    """Index batches covering ``0 .. n-1`` once each; the last one may be smaller.
+
+    Args:
+        n: number of samples.
+        batch_size: indices per batch.
+        shuffle: visit in a random order drawn with ``torch.randperm(n, generator=generator)``.
+        generator: source of the order when shuffling (``None``: torch's global generator).
+
+    Yields:
+        ``int64`` index tensors.
+    """
+    if n < 0 or batch_size < 1:
+        raise ValueError(f"batches needs n >= 0 and batch_size >= 1, got {n}, {batch_size}")
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    yield from order.split(batch_size)

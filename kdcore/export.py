@@ -1,0 +1,425 @@
+"""Exporting a trained student, and loading it back.
+
+An export folder holds:
+
+``student.json``
+    :class:`StudentMeta` (architecture spec, input shape, classes, preprocessing) plus
+    ``format_version``; written last, so its presence means the export finished.
+``student.safetensors``
+    The bare model's weights; with ``student.json`` this is the safe way to reload
+    (:func:`load_student`).
+``student.torchscript.pt`` / ``student.pt2`` / ``student.onnx``
+    Self-contained programs for serving without kdserve. They take a *raw* float batch
+    ``(B, *input_shape)`` on the data's own scale (0..255 for 8-bit images) and apply the
+    preprocessing themselves (:class:`Preprocessed`); the batch dimension is dynamic.
+
+Every file is written under a temporary name in the folder and renamed into place, so a
+half-written file never carries a final name; each program is reloaded and checked against
+the PyTorch model before it is renamed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import secrets
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from kdcore.models import build_model
+from kdcore.specs import parse_arch
+from kdcore.weights import WeightsError, load_state_dict, load_weights_into
+
+__all__ = [
+    "FORMATS",
+    "FORMAT_VERSION",
+    "Preprocessed",
+    "StudentMeta",
+    "export_student",
+    "load_student",
+]
+
+FORMAT_VERSION = 1
+FORMATS = ("safetensors", "torchscript", "pt2", "onnx")
+META_FILE = "student.json"
+_FILES = {
+    "safetensors": "student.safetensors",
+    "torchscript": "student.torchscript.pt",
+    "pt2": "student.pt2",
+    "onnx": "student.onnx",
+}
+_HOW_TO_LOAD = (
+    "kdcore.export.load_student(folder) rebuilds the model from 'spec' and "
+    "student.safetensors; it expects ((x * scale) - mean) / std. student.torchscript.pt "
+    "(torch.jit.load), student.pt2 (torch.export.load(...).module()) and student.onnx take "
+    "the raw float batch (B, *input_shape) and normalize it themselves."
+)
+# Relative and absolute tolerance between an exported program and the PyTorch model.
+_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class StudentMeta:
+    """What ``student.json`` holds: everything needed to rebuild and feed the student.
+
+    The model expects ``((x * scale) - mean) / std`` where ``x`` is the raw sample;
+    ``mean`` and ``std`` hold one value (broadcast everywhere) or one per channel (the
+    first dimension of ``input_shape``: ``(C, 1, 1)`` for images, per feature for vectors).
+
+    The constructor validates and canonicalizes: ``spec`` is parsed and re-dumped as JSON
+    (defaults kept, unset optional fields dropped), ``preprocess`` gets all three keys
+    (defaults ``scale=1``, ``mean=[0]``, ``std=[1]``).
+
+    Attributes:
+        spec: the architecture spec as a JSON object.
+        input_shape: one raw sample's shape, e.g. ``[3, 32, 32]``.
+        num_classes: number of logits.
+        classes: class names, in logit order.
+        preprocess: ``{"scale": float, "mean": [float, ...], "std": [float, ...]}``.
+    """
+
+    spec: dict[str, Any]
+    input_shape: list[int]
+    num_classes: int
+    classes: list[str]
+    preprocess: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        # Frozen dataclass: canonical values go in through object.__setattr__.
+        spec = parse_arch(self.spec).model_dump(mode="json", exclude_none=True)
+        object.__setattr__(self, "spec", spec)
+        shape = [int(d) for d in self.input_shape]
+        if not shape or min(shape) < 1:
+            raise ValueError(f"input_shape must be positive sizes such as [3, 32, 32], got {shape}")
+        object.__setattr__(self, "input_shape", shape)
+        if len(self.classes) != self.num_classes:
+            raise ValueError(
+                f"classes names {len(self.classes)} classes but num_classes is "
+                f"{self.num_classes}; give one name per logit"
+            )
+        object.__setattr__(self, "classes", [str(c) for c in self.classes])
+        object.__setattr__(self, "preprocess", _canonical_preprocess(self.preprocess, shape))
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The JSON object written to ``student.json`` (without ``format_version``)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> StudentMeta:
+        """Read :meth:`to_json_dict` output (extra keys such as ``format_version`` ignored)."""
+        try:
+            return cls(
+                spec=data["spec"],
+                input_shape=data["input_shape"],
+                num_classes=data["num_classes"],
+                classes=data["classes"],
+                preprocess=data.get("preprocess", {}),
+            )
+        except KeyError as exc:
+            raise ValueError(f"student metadata lacks the {exc.args[0]!r} field") from exc
+
+
+def _canonical_preprocess(pre: dict[str, Any], input_shape: list[int]) -> dict[str, Any]:
+    unknown = set(pre) - {"scale", "mean", "std"}
+    if unknown:
+        raise ValueError(f"unknown preprocess keys {sorted(unknown)}; valid: scale, mean, std")
+    scale = float(pre.get("scale", 1.0))
+    mean = [float(v) for v in pre.get("mean", [0.0])]
+    std = [float(v) for v in pre.get("std", [1.0])]
+    if not math.isfinite(scale) or scale == 0:
+        raise ValueError(f"preprocess scale must be a finite non-zero number, got {scale}")
+    for name, values in (("mean", mean), ("std", std)):
+        if len(values) not in (1, input_shape[0]):
+            raise ValueError(
+                f"preprocess {name} needs 1 value or {input_shape[0]} (one per channel of "
+                f"input shape {input_shape}), got {len(values)}"
+            )
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"preprocess {name} must be finite numbers, got {values}")
+    if any(v == 0 for v in std):
+        raise ValueError(f"preprocess std must be non-zero, got {std}")
+    return {"scale": scale, "mean": mean, "std": std}
+
+
+class Preprocessed(nn.Module):
+    """A model that takes raw input: ``model(((x * scale) - mean) / std)``.
+
+    ``mean`` and ``std`` are buffers shaped to broadcast over one sample: a scalar, or
+    ``(C, 1, ..., 1)`` with one value per channel of ``input_shape``.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        scale: float,
+        mean: Sequence[float],
+        std: Sequence[float],
+        input_shape: Sequence[int],
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.scale = float(scale)
+        self.register_buffer("mean", _stat(mean, input_shape))
+        self.register_buffer("std", _stat(std, input_shape))
+
+    @classmethod
+    def from_meta(cls, model: nn.Module, meta: StudentMeta) -> Preprocessed:
+        """Wrap ``model`` with the preprocessing ``meta`` describes."""
+        pre = meta.preprocess
+        return cls(
+            model,
+            scale=pre["scale"],
+            mean=pre["mean"],
+            std=pre["std"],
+            input_shape=meta.input_shape,
+        )
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's input for raw ``x``: ``((x * scale) - mean) / std``."""
+        return (x * self.scale - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalize(x))  # (B, num_classes)
+
+
+def _stat(values: Sequence[float], input_shape: Sequence[int]) -> torch.Tensor:
+    t = torch.tensor([float(v) for v in values], dtype=torch.float32)
+    if t.numel() == 1:
+        return t.reshape(())
+    return t.reshape(-1, *([1] * (len(input_shape) - 1)))  # (C, 1, ..., 1)
+
+
+def export_student(
+    model: nn.Module,
+    meta: StudentMeta,
+    out_dir: Path,
+    *,
+    formats: Sequence[str] = FORMATS,
+) -> dict[str, Path]:
+    """Write the student to ``out_dir`` in the given formats, plus ``student.json``.
+
+    The caller's model is left as it is: the export rebuilds ``meta.spec`` on CPU and loads a
+    copy of the weights into it strictly, which also proves that ``student.json`` describes
+    these weights. safetensors cannot store tensors that share memory, so a tied tensor is
+    stored under each of its names (the rebuilt model ties them again). ONNX is written as one
+    file (no external data), so students must stay under protobuf's 2 GB. Files of formats not
+    exported this time are left alone; ``student.json``'s ``"files"`` lists this export's.
+
+    ``"onnx"`` needs the optional extra (``pip install 'kdserve[onnx]'``); without it the
+    format is skipped with a warning and left out of the result.
+
+    Args:
+        model: the trained student (any device or mode).
+        meta: its metadata; ``meta.spec`` must describe ``model``.
+        out_dir: the folder to write to (created if needed; existing files are replaced).
+        formats: any of ``"safetensors"``, ``"torchscript"``, ``"pt2"``, ``"onnx"``.
+
+    Returns:
+        The written files by format, plus ``"meta"`` for ``student.json``.
+
+    Raises:
+        ValueError: an unknown format.
+        WeightsError: ``model``'s weights do not fit ``meta.spec``.
+        RuntimeError: an exported program does not reproduce the model's logits.
+    """
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown export formats {unknown}; valid: {', '.join(FORMATS)}")
+    wanted = [f for f in FORMATS if f in formats]
+    if "onnx" in wanted and not _onnx_available():
+        warnings.warn(
+            "skipping the ONNX export: onnx, onnxruntime and onnxscript are not installed; "
+            "install them with pip install 'kdserve[onnx]'",
+            stacklevel=2,
+        )
+        wanted.remove("onnx")
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bare = build_model(meta.spec, tuple(meta.input_shape), meta.num_classes)
+    load_weights_into(bare, {k: v.detach().cpu() for k, v in model.state_dict().items()})
+    bare.eval().requires_grad_(False)
+    wrapped = Preprocessed.from_meta(bare, meta).eval()
+
+    written: dict[str, Path] = {}
+    for fmt in wanted:
+        path = out_dir / _FILES[fmt]
+        with _atomic(path) as tmp:
+            _WRITERS[fmt](bare, wrapped, meta, tmp)
+        written[fmt] = path
+
+    doc = {"format_version": FORMAT_VERSION, **meta.to_json_dict()}
+    doc["files"] = {fmt: p.name for fmt, p in written.items()}
+    doc["how_to_load"] = _HOW_TO_LOAD
+    meta_path = out_dir / META_FILE
+    with _atomic(meta_path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    written["meta"] = meta_path
+    return written
+
+
+def load_student(out_dir: Path) -> tuple[nn.Module, StudentMeta]:
+    """Rebuild an exported student from ``student.json`` and ``student.safetensors``.
+
+    No code from the folder runs: the model is built from the spec and gets the tensors.
+
+    Args:
+        out_dir: a folder written by :func:`export_student` with the safetensors format.
+
+    Returns:
+        The model in eval mode on CPU (it expects normalized input, see
+        :class:`Preprocessed`) and its metadata.
+
+    Raises:
+        WeightsError: a missing or unreadable file, or weights that do not fit the spec.
+    """
+    out_dir = Path(out_dir)
+    meta_path = out_dir / META_FILE
+    try:
+        doc = json.loads(meta_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise WeightsError(
+            f"{out_dir} has no {META_FILE}: it is not a folder written by export_student"
+        ) from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"cannot read {meta_path}: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise WeightsError(f"{meta_path} must hold a JSON object")
+    version = doc.get("format_version")
+    if version != FORMAT_VERSION:
+        raise WeightsError(
+            f"{meta_path} has format_version {version!r}; this kdserve reads version "
+            f"{FORMAT_VERSION}: upgrade kdserve or export the student again"
+        )
+    try:
+        meta = StudentMeta.from_json_dict(doc)
+    except ValueError as exc:
+        raise WeightsError(f"{meta_path} is invalid: {exc}") from exc
+    weights = out_dir / _FILES["safetensors"]
+    if not weights.exists():
+        raise WeightsError(
+            f"{out_dir} has no {weights.name}: export the student with the 'safetensors' format"
+        )
+    model = build_model(meta.spec, tuple(meta.input_shape), meta.num_classes)
+    load_weights_into(model, load_state_dict(weights))
+    return model.eval(), meta
+
+
+# --- writers -------------------------------------------------------------------------------
+
+
+def _write_safetensors(bare: nn.Module, _w: Preprocessed, _m: StudentMeta, path: Path) -> None:
+    # safetensors refuses tensors that share storage or are not contiguous: store clones.
+    state = {k: v.detach().contiguous().clone() for k, v in bare.state_dict().items()}
+    save_file(state, str(path), metadata={"format": "pt"})
+
+
+def _write_torchscript(_b: nn.Module, wrapped: Preprocessed, meta: StudentMeta, path: Path) -> None:
+    example = _raw_batch(meta, 2)
+    with torch.no_grad():
+        # Tracing is checked below by reloading the file on another batch size.
+        traced = torch.jit.trace(wrapped, example, check_trace=False)
+    torch.jit.save(traced, str(path))
+    _verify("TorchScript", wrapped, meta, torch.jit.load(str(path), map_location="cpu"))
+
+
+def _write_pt2(_b: nn.Module, wrapped: Preprocessed, meta: StudentMeta, path: Path) -> None:
+    example = _raw_batch(meta, 2)  # not 1: torch.export specializes sizes 0 and 1
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(wrapped, (example,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, path)
+    _verify("torch.export", wrapped, meta, torch.export.load(path).module())
+
+
+def _write_onnx(_b: nn.Module, wrapped: Preprocessed, meta: StudentMeta, path: Path) -> None:
+    import onnxruntime  # the optional extra, checked by _onnx_available
+
+    example = _raw_batch(meta, 2)
+    batch = torch.export.Dim("batch", min=1)
+    torch.onnx.export(
+        wrapped,
+        (example,),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_shapes=({0: batch},),
+        external_data=False,  # one self-contained file, renamed atomically
+        verbose=False,
+    )
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+
+    _verify("ONNX", wrapped, meta, run)
+
+
+_WRITERS = {
+    "safetensors": _write_safetensors,
+    "torchscript": _write_torchscript,
+    "pt2": _write_pt2,
+    "onnx": _write_onnx,
+}
+
+
+def _onnx_available() -> bool:
+    return all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime", "onnxscript"))
+
+
+def _raw_batch(meta: StudentMeta, n: int) -> torch.Tensor:
+    """A fixed random batch on the raw scale (0..1/scale), e.g. 0..255 for images."""
+    g = torch.Generator().manual_seed(n)
+    x = torch.rand(n, *meta.input_shape, generator=g)  # (B, *input_shape)
+    return x / meta.preprocess["scale"]
+
+
+def _verify(name: str, wrapped: Preprocessed, meta: StudentMeta, program: Any) -> None:
+    # Batch 3 differs from the export example, so a baked-in batch size shows up here.
+    x = _raw_batch(meta, 3)
+    with torch.no_grad():
+        want = wrapped(x)
+        got = program(x)
+    if got.shape != want.shape or not torch.allclose(got, want, rtol=_TOLERANCE, atol=_TOLERANCE):
+        diff = (
+            f"max abs difference {(got - want).abs().max().item():.3g}"
+            if got.shape == want.shape
+            else f"shape {tuple(got.shape)} vs {tuple(want.shape)}"
+        )
+        raise RuntimeError(
+            f"the {name} export does not reproduce the PyTorch model ({diff}); it was not "
+            "written. Export without this format, or report the architecture"
+        )
+
+
+@contextmanager
+def _atomic(final: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``final``; rename it to ``final`` on success.
+
+    The temporary name keeps ``final``'s suffix because some writers (torch.export.save)
+    check it.
+    """
+    tmp = final.with_name(f".{final.stem}.{secrets.token_hex(4)}.tmp{final.suffix}")
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the data is on disk before the name is
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
