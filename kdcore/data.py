@@ -31,7 +31,12 @@ the size of the decoded array, and for ``.npz`` the arrays' sizes from their hea
 
 from __future__ import annotations
 
+import bz2
+import collections
+import contextlib
+import gzip
 import io
+import lzma
 import math
 import os
 import stat
@@ -42,7 +47,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -68,7 +73,9 @@ _SUPPORTED = (
 )
 # Errors PIL raises on bad input; they vary by codec, so the decoder boundary catches them all.
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error)
-_TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
+_TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
+# Bounds label values, so one stray label cannot make per-class arrays of gigabytes.
+_MAX_CLASSES = 100_000
 # float64 elements per chunk in Normalizer.fit: 32 MiB of temporaries at most.
 _FIT_CHUNK_ELEMENTS = 1 << 22
 
@@ -245,8 +252,13 @@ class _Budget:
         self.source = source
 
     def take(self, n: int, member: str) -> None:
+        """Count ``n`` bytes actually read (or about to be decompressed) for ``member``."""
         self.used += n
-        if self.used > self.limit:
+        self.check(self.used, member)
+
+    def check(self, total: int, member: str) -> None:
+        """Refuse when ``total`` bytes (declared or read so far) are over the limit."""
+        if total > self.limit:
             raise DataError(
                 f"{self.source}: more than max_total_bytes={self.limit} uncompressed bytes "
                 f"(reached at {member!r}); the archive is too large or a decompression bomb"
@@ -295,6 +307,11 @@ def _load_npz(path: Path, limits: _Limits) -> Dataset:
         )
     classes = _npz_classes(arrays["classes"], source) if "classes" in arrays else None
     num_classes = len(classes) if classes is not None else int(y.max()) + 1
+    if num_classes > _MAX_CLASSES:
+        raise DataError(
+            f"{source}: {num_classes} classes (labels up to {int(y.max())}); at most "
+            f"{_MAX_CLASSES} are supported; number the classes 0 .. K-1"
+        )
     if int(y.min()) < 0 or int(y.max()) >= num_classes:
         bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
         raise DataError(
@@ -362,7 +379,8 @@ def _npz_x(x: npt.NDArray[Any], source: str) -> npt.NDArray[Any]:
     if math.prod(x.shape[1:]) == 0:
         raise DataError(f"{source}: x has shape {x.shape}; every sample needs at least one value")
     if x.dtype != np.uint8:
-        x = x.astype(np.float32)
+        with np.errstate(over="ignore"):  # overflow to inf is reported just below
+            x = x.astype(np.float32)
         if not np.isfinite(x).all():
             raise DataError(
                 f"{source}: x holds NaN or infinite values (or values beyond float32's range); "
@@ -394,7 +412,7 @@ def _npz_classes(classes: npt.NDArray[Any], source: str) -> list[str]:
         )
     names = [c.decode() if isinstance(c, bytes) else str(c) for c in classes.tolist()]
     if len(set(names)) != len(names):
-        dupes = sorted({c for c in names if names.count(c) > 1})
+        dupes = sorted(c for c, k in collections.Counter(names).items() if k > 1)
         raise DataError(f"{source}: class names must be unique; repeated: {', '.join(dupes)}")
     return names
 
@@ -450,12 +468,12 @@ def _zip_members(zf: zipfile.ZipFile, budget: _Budget, limits: _Limits) -> list[
         parts = _member_parts(info.filename, budget.source)
         if info.is_dir() or parts is None:
             continue
-        mode = info.external_attr >> 16  # unix mode, when the zip was made on unix
-        if mode and not stat.S_ISREG(mode):
+        # Unix file type in the high bits (0 when the zip was not made on unix).
+        file_type = stat.S_IFMT(info.external_attr >> 16)
+        if file_type and file_type != stat.S_IFREG:
             continue  # symlink or device entry: never followed
         declared += info.file_size
-        if declared > budget.limit:
-            budget.take(declared, info.filename)
+        budget.check(declared, info.filename)  # before reading anything
         members.append(_Member(parts, info.filename, _zip_reader(zf, info, budget)))
         limits.check_samples(len(members), budget.source)
     return members
@@ -483,8 +501,12 @@ def _zip_reader(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Budget) -> 
 def _tar_members(path: Path, budget: _Budget, limits: _Limits) -> list[_Member]:
     members: list[_Member] = []
     try:
-        # Stream mode: one pass over the (possibly compressed) file, no seeking back.
-        with tarfile.open(path, mode="r|*") as tf:
+        with contextlib.ExitStack() as stack:
+            stream = _decompressed(stack.enter_context(path.open("rb")), stack)
+            # Stream mode: one pass over the file, no seeking back.
+            tf = stack.enter_context(
+                tarfile.open(fileobj=stream, mode="r|", tarinfo=_StrictTarInfo)
+            )
             for info in tf:
                 parts = _member_parts(info.name, budget.source)
                 if not info.isreg():
@@ -501,11 +523,53 @@ def _tar_members(path: Path, budget: _Budget, limits: _Limits) -> list[_Member]:
                     raise DataError(f"{budget.source}: {info.name!r} is truncated")
                 members.append(_Member(parts, info.name, _constant(data)))
                 limits.check_samples(len(members), budget.source)
+            # Read the padding after the end marker too, so gzip/bz2/xz verify their checksums.
+            while chunk := stream.read(1 << 16):
+                budget.take(len(chunk), "(end of archive)")
     except _TAR_ERRORS as exc:
         raise DataError(
             f"{budget.source}: not a readable tar archive, or corrupt or truncated ({exc})"
         ) from exc
     return members
+
+
+def _decompressed(raw: BinaryIO, stack: contextlib.ExitStack) -> io.BufferedIOBase | BinaryIO:
+    """``raw`` seen through its compression, told by magic bytes, not by the file name.
+
+    The file objects of ``gzip``, ``bz2`` and ``lzma`` bound the output of each read, so a
+    highly compressed member costs no more memory than the bytes asked for.
+    """
+    magic = raw.read(6)
+    raw.seek(0)
+    if magic.startswith(b"\x1f\x8b"):
+        return stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
+    if magic.startswith(b"BZh"):
+        return stack.enter_context(bz2.BZ2File(raw))
+    if magic == b"\xfd7zXZ\x00":
+        return stack.enter_context(lzma.LZMAFile(raw))
+    return raw
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+    """Fails on a bad header instead of ending the archive there.
+
+    ``tarfile`` treats a truncated, missing or corrupt header after the first one as the end
+    of the archive, which would silently drop the rest of the samples; only the zero block of
+    a real end-of-archive marker may end it.
+    """
+
+    @classmethod
+    def fromtarfile(cls, tf: tarfile.TarFile) -> Self:
+        try:
+            return super().fromtarfile(tf)
+        except tarfile.HeaderError as exc:
+            # EOFHeaderError is the end-of-archive zero block (typeshed does not list it).
+            if type(exc).__name__ == "EOFHeaderError":
+                raise
+            raise tarfile.ReadError(
+                f"bad or missing header at byte {tf.offset} ({exc}); the archive is "
+                "truncated or corrupt"
+            ) from None
 
 
 def _constant(data: bytes) -> Callable[[], bytes]:
@@ -534,8 +598,7 @@ def _dir_members(root: Path, budget: _Budget, limits: _Limits) -> list[_Member]:
                 continue
             size = entry.stat(follow_symlinks=False).st_size
             declared += size
-            if declared > budget.limit:
-                budget.take(declared, rel)
+            budget.check(declared, rel)  # before reading anything
             members.append(_Member(parts, rel, _file_reader(Path(entry.path), size, rel, budget)))
             limits.check_samples(len(members), root.name)
     return members
@@ -608,11 +671,7 @@ def _decode_images(members: list[_Member], source: str, limits: _Limits) -> npt.
     size = first.size
     channels = 1 if first.mode == "L" else 3
     w, h = size
-    if n * 3 * h * w > limits.max_total_bytes:  # 3: the array may grow to RGB
-        raise DataError(
-            f"{source}: {n} images of {w}x{h} need more than max_total_bytes="
-            f"{limits.max_total_bytes} bytes decoded; use fewer or smaller images"
-        )
+    _check_decoded_size(n, channels, h, w, source, limits)
     x = np.empty((n, channels, h, w), dtype=np.uint8)
     img: Image.Image | None = first
     for i, m in enumerate(members):
@@ -626,6 +685,7 @@ def _decode_images(members: list[_Member], source: str, limits: _Limits) -> npt.
         try:
             if channels == 1 and img.mode != "L":
                 # First colour image after grayscale ones: grayscale -> RGB repeats the channel.
+                _check_decoded_size(n, 3, h, w, source, limits)
                 rgb = np.empty((n, 3, h, w), dtype=np.uint8)
                 rgb[:i] = x[:i]
                 x, channels = rgb, 3
@@ -636,9 +696,20 @@ def _decode_images(members: list[_Member], source: str, limits: _Limits) -> npt.
                     img = img.convert("RGB")
                 x[i] = np.asarray(img).transpose(2, 0, 1)  # (H, W, 3) -> (3, H, W)
         except _DECODE_ERRORS as exc:
-            raise DataError(f"{source}: image {m.name!r} is corrupt or truncated ({exc})") from exc
+            raise DataError(
+                f"{source}: image {m.name!r} is corrupt, truncated or in an unsupported pixel "
+                f"format ({exc})"
+            ) from exc
         img = None
     return x
+
+
+def _check_decoded_size(n: int, c: int, h: int, w: int, source: str, limits: _Limits) -> None:
+    if n * c * h * w > limits.max_total_bytes:
+        raise DataError(
+            f"{source}: {n} images of {c}x{h}x{w} need more than max_total_bytes="
+            f"{limits.max_total_bytes} bytes decoded; use fewer or smaller images"
+        )
 
 
 # ----------------------------------------------------------------------- normalizing, batching
@@ -792,5 +863,7 @@ def batches(
     """
     if n < 0 or batch_size < 1:
         raise ValueError(f"batches needs n >= 0 and batch_size >= 1, got {n}, {batch_size}")
+    if n == 0:
+        return
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     yield from order.split(batch_size)

@@ -104,8 +104,8 @@ class StudentMeta:
         object.__setattr__(self, "input_shape", shape)
         if len(self.classes) != self.num_classes:
             raise ValueError(
-                f"classes names {len(self.classes)} classes but num_classes is "
-                f"{self.num_classes}; give one name per logit"
+                f"got {len(self.classes)} class names for {self.num_classes} classes; give "
+                "one name per logit"
             )
         object.__setattr__(self, "classes", [str(c) for c in self.classes])
         object.__setattr__(self, "preprocess", _canonical_preprocess(self.preprocess, shape))

@@ -64,6 +64,7 @@ _SEND_INSTEAD = (
 # "student") nest the state dict.
 _WRAPPER_KEYS = ("state_dict", "model", "student")
 _MAX_LISTED = 10
+_KIND: dict[str, str] = {"torchscript": "TorchScript", "export": "torch.export (.pt2)"}
 # safetensors itself refuses headers above 100 MB; a bigger length means "not safetensors".
 _MAX_SAFETENSORS_HEADER = 100_000_000
 
@@ -195,9 +196,6 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return _as_state_dict(obj, path)
 
 
-_KIND: dict[str, str] = {"torchscript": "TorchScript", "export": "torch.export (.pt2)"}
-
-
 def _refused_pickle_message(path: Path, exc: Exception) -> str:
     found = re.search(r"GLOBAL (\S+)", str(exc))
     what = f" ({found.group(1)})" if found else ""
@@ -282,6 +280,8 @@ def load_weights_into(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 
 def _shape(shape: tuple[int, ...]) -> str:
+    if len(shape) == 1:
+        return f"({shape[0]},)"
     return "(" + ",".join(str(d) for d in shape) + ")"
 
 
@@ -310,10 +310,11 @@ def load_model(
       not FitNets hints.
     - torch.export: ``torch.export.unflatten`` rebuilds the submodule tree, so every module
       keeps its dotted path and forward hooks on submodules fire, and hint layers are
-      reachable. If unflattening fails we fall back to ``ExportedProgram.module()`` with a
-      warning; that flat graph only keeps modules that own parameters, and their hooks never
-      fire, so ``FeatureTap`` raises ``LayerNotFound`` or "did not run". Programs must be
-      exported with a dynamic batch dimension.
+      reachable (except modules that trace to no op, such as ``nn.Identity``: they never
+      run, and ``FeatureTap`` says so). If unflattening fails we fall back to
+      ``ExportedProgram.module()`` with a warning; that flat graph only keeps modules that
+      own parameters, and their hooks never fire, so ``FeatureTap`` raises ``LayerNotFound``
+      or "did not run". Programs must be exported with a dynamic batch dimension.
 
     Code checkpoints are run once on a zero batch of two samples to check they accept
     ``input_shape`` and return ``num_classes`` logits.
@@ -370,7 +371,10 @@ def _load_torchscript(path: Path) -> nn.Module:
 
 def _load_exported(path: Path) -> nn.Module:
     try:
-        program = torch.export.load(path)
+        # A file object, not the path: torch warns about (and takes another code path for)
+        # names that do not end in .pt2, and uploads get arbitrary names.
+        with path.open("rb") as f:
+            program = torch.export.load(f)
     except (RuntimeError, ValueError, KeyError, OSError, zipfile.BadZipFile) as exc:
         raise WeightsError(
             f"{path.name} could not be loaded as a torch.export program ({_first_line(exc)}); "
@@ -442,5 +446,6 @@ def freeze(model: nn.Module) -> nn.Module:
         The same model, for chaining.
     """
     _set_eval(model)
-    model.requires_grad_(False)
+    for p in model.parameters():  # not model.requires_grad_(): ScriptModules refuse it
+        p.requires_grad_(False)
     return model
