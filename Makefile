@@ -36,7 +36,7 @@ test-fast: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy kdcore cli
+	$(VENV)/bin/mypy kdcore cli benchmarks tests examples
 
 format: setup
 	$(VENV)/bin/ruff format .

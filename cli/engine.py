@@ -6,7 +6,6 @@ kdcore (and so torch) is imported inside each command, so ``kdserve --help`` sta
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,13 +22,44 @@ if TYPE_CHECKING:
 err = Console(stderr=True)
 out = Console()
 
-ArchOpt = Annotated[Path, typer.Option("--arch", help="Architecture spec (JSON file).", exists=True, dir_okay=False)]
-DataOpt = Annotated[Path, typer.Option("--data", help="Training data: .npz, image-folder archive (.zip/.tar/.tar.gz) or folder.", exists=True)]
-ValOpt = Annotated[Path | None, typer.Option("--val", help="Validation data (default: hold out the config's val_split of --data).", exists=True)]
-ConfigOpt = Annotated[Path, typer.Option("--config", help="Training config (JSON file).", exists=True, dir_okay=False)]
-OutOpt = Annotated[Path, typer.Option("--out", help="Output folder: exported student, report.json, metrics.jsonl, checkpoint.")]
-FormatsOpt = Annotated[str, typer.Option("--formats", help="Comma-separated exports: safetensors,torchscript,pt2,onnx.")]
-FreshOpt = Annotated[bool, typer.Option("--fresh", help="Ignore a checkpoint already in --out instead of resuming from it.")]
+ArchOpt = Annotated[
+    Path, typer.Option("--arch", help="Architecture spec (JSON file).", exists=True, dir_okay=False)
+]
+DataOpt = Annotated[
+    Path,
+    typer.Option(
+        "--data",
+        help="Training data: .npz, image-folder archive (.zip/.tar/.tar.gz) or folder.",
+        exists=True,
+    ),
+]
+ValOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--val",
+        help="Validation data (default: hold out the config's val_split of --data).",
+        exists=True,
+    ),
+]
+ConfigOpt = Annotated[
+    Path, typer.Option("--config", help="Training config (JSON file).", exists=True, dir_okay=False)
+]
+OutOpt = Annotated[
+    Path,
+    typer.Option(
+        "--out", help="Output folder: exported student, report.json, metrics.jsonl, checkpoint."
+    ),
+]
+FormatsOpt = Annotated[
+    str,
+    typer.Option("--formats", help="Comma-separated exports: safetensors,torchscript,pt2,onnx."),
+]
+FreshOpt = Annotated[
+    bool,
+    typer.Option(
+        "--fresh", help="Ignore a checkpoint already in --out instead of resuming from it."
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -41,25 +71,71 @@ def register(app: typer.Typer) -> None:
 
 
 def train(
-    arch: ArchOpt, data: DataOpt, config: ConfigOpt, out: OutOpt, val: ValOpt = None,
-    formats: FormatsOpt = "safetensors,torchscript,pt2,onnx", fresh: FreshOpt = False,
+    arch: ArchOpt,
+    data: DataOpt,
+    config: ConfigOpt,
+    out: OutOpt,
+    val: ValOpt = None,
+    formats: FormatsOpt = "safetensors,torchscript,pt2,onnx",
+    fresh: FreshOpt = False,
 ) -> None:
-    """Train a model from labels alone (method "scratch"): the baseline, and how to make a teacher."""
+    """Train from labels alone (method "scratch"): the baseline, and how to make a teacher."""
     with _user_errors():
         cfg = _config(config)
         if cfg.uses_teacher:
-            raise ValueError(f'method {cfg.method!r} needs a teacher: use `kdserve distill`')
-        _run(student=arch, cfg=cfg, data=data, val=val, out=out, teacher=None,
-             formats=formats, fresh=fresh)
+            raise ValueError(f"method {cfg.method!r} needs a teacher: use `kdserve distill`")
+        _run(
+            student=arch,
+            cfg=cfg,
+            data=data,
+            val=val,
+            out=out,
+            teacher=None,
+            formats=formats,
+            fresh=fresh,
+        )
 
 
 def distill(
-    teacher: Annotated[Path, typer.Option("--teacher", help="Teacher weights: .safetensors or a state-dict .pt/.pth (.pt2/TorchScript with --allow-code).", exists=True, dir_okay=False)],
-    student: Annotated[Path, typer.Option("--student", help="Student architecture spec (JSON file).", exists=True, dir_okay=False)],
-    data: DataOpt, config: ConfigOpt, out: OutOpt, val: ValOpt = None,
-    teacher_arch: Annotated[Path | None, typer.Option("--teacher-arch", help="Teacher architecture spec (needed for weight-only formats).", exists=True, dir_okay=False)] = None,
-    allow_code: Annotated[bool, typer.Option("--allow-code", help="Allow teacher files that contain code (torch.export .pt2, TorchScript). Only for files you trust.")] = False,
-    formats: FormatsOpt = "safetensors,torchscript,pt2,onnx", fresh: FreshOpt = False,
+    teacher: Annotated[
+        Path,
+        typer.Option(
+            "--teacher",
+            help="Teacher weights: .safetensors or a state-dict .pt/.pth "
+            "(.pt2/TorchScript with --allow-code).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
+    student: Annotated[
+        Path,
+        typer.Option(
+            "--student", help="Student architecture spec (JSON file).", exists=True, dir_okay=False
+        ),
+    ],
+    data: DataOpt,
+    config: ConfigOpt,
+    out: OutOpt,
+    val: ValOpt = None,
+    teacher_arch: Annotated[
+        Path | None,
+        typer.Option(
+            "--teacher-arch",
+            help="Teacher architecture spec (needed for weight-only formats).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    allow_code: Annotated[
+        bool,
+        typer.Option(
+            "--allow-code",
+            help="Allow teacher files that contain code (torch.export .pt2, TorchScript). "
+            "Only for files you trust.",
+        ),
+    ] = False,
+    formats: FormatsOpt = "safetensors,torchscript,pt2,onnx",
+    fresh: FreshOpt = False,
 ) -> None:
     """Distill a student from a teacher by KD or FitNets (method "kd" or "fitnet")."""
     from kdcore.pipeline import TeacherFile
@@ -69,15 +145,33 @@ def distill(
         if not cfg.uses_teacher:
             raise ValueError('method "scratch" uses no teacher: use `kdserve train`')
         t_spec = _read_json(teacher_arch, "teacher architecture") if teacher_arch else None
-        _run(student=student, cfg=cfg, data=data, val=val, out=out,
-             teacher=TeacherFile(teacher, t_spec, allow_code), formats=formats, fresh=fresh)
+        _run(
+            student=student,
+            cfg=cfg,
+            data=data,
+            val=val,
+            out=out,
+            teacher=TeacherFile(teacher, t_spec, allow_code),
+            formats=formats,
+            fresh=fresh,
+        )
 
 
 def inspect(
     arch: ArchOpt,
-    input_shape: Annotated[str, typer.Option("--input-shape", help="One sample's shape, e.g. 3,32,32 or 784.")],
+    input_shape: Annotated[
+        str, typer.Option("--input-shape", help="One sample's shape, e.g. 3,32,32 or 784.")
+    ],
     classes: Annotated[int, typer.Option("--classes", help="Number of classes.")] = 10,
-    weights: Annotated[Path | None, typer.Option("--weights", help="Load and check these weights (.safetensors or state-dict .pt).", exists=True, dir_okay=False)] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--weights",
+            help="Load and check these weights (.safetensors or state-dict .pt).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List every layer's dotted path, output shape, parameters and MACs."""
@@ -89,23 +183,46 @@ def inspect(
 
         shape = _shape(input_shape)
         spec = parse_arch(_read_json(arch, "architecture"))
-        model = (load_model(weights, spec, shape, classes) if weights
-                 else build_model(spec, shape, classes))
+        model = (
+            load_model(weights, spec, shape, classes)
+            if weights
+            else build_model(spec, shape, classes)
+        )
         summary = inspect_model(model, shape)
     if as_json:
         out.print_json(summary.model_dump_json())
         return
-    table = Table("path", "type", "output shape", "params", "MACs", title=f"{spec.family} on input {shape}")
+    table = Table(
+        "path", "type", "output shape", "params", "MACs", title=f"{spec.family} on input {shape}"
+    )
     for layer in summary.layers:
-        table.add_row(layer.path, layer.type, "×".join(map(str, layer.shape)),
-                      f"{layer.params:,}", f"{layer.macs:,}")
+        table.add_row(
+            layer.path,
+            layer.type,
+            "×".join(map(str, layer.shape)),
+            f"{layer.params:,}",
+            f"{layer.macs:,}",
+        )
     out.print(table)
     out.print(f"total: {summary.params:,} parameters, {summary.macs:,} MACs per sample")
 
 
 def evaluate(
-    model: Annotated[Path, typer.Option("--model", help="A job's output folder (student.json + student.safetensors).", exists=True, file_okay=False)],
-    data: Annotated[Path, typer.Option("--data", help="Data to score (.npz, image-folder archive or folder).", exists=True)],
+    model: Annotated[
+        Path,
+        typer.Option(
+            "--model",
+            help="A job's output folder (student.json + student.safetensors).",
+            exists=True,
+            file_okay=False,
+        ),
+    ],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data", help="Data to score (.npz, image-folder archive or folder).", exists=True
+        ),
+    ],
 ) -> None:
     """Score an exported student on data; prints JSON with accuracy, top-5 and NLL."""
     with _user_errors():
@@ -116,7 +233,10 @@ def evaluate(
         student, meta = load_student(model)
         ds = load_dataset(data)
         if list(ds.input_shape) != list(meta.input_shape):
-            raise ValueError(f"data samples have shape {ds.input_shape}, the model takes {tuple(meta.input_shape)}")
+            raise ValueError(
+                f"data samples have shape {ds.input_shape}, "
+                f"the model takes {tuple(meta.input_shape)}"
+            )
         result = score(predict(student, ds, Normalizer.from_dict(meta.preprocess)), ds.y)
     print(json.dumps(result.model_dump(exclude_none=True), indent=2))
 
@@ -171,15 +291,32 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _run(*, student: Path, cfg: Any, data: Path, val: Path | None, out: Path,
-         teacher: Any, formats: str, fresh: bool) -> None:
+def _run(
+    *,
+    student: Path,
+    cfg: Any,
+    data: Path,
+    val: Path | None,
+    out: Path,
+    teacher: Any,
+    formats: str,
+    fresh: bool,
+) -> None:
     from kdcore.pipeline import run
 
     spec = _read_json(student, "architecture")
     with _progress_bar() as on_progress:
-        report = run(student_spec=spec, config=cfg, data=data, val=val, out_dir=out,
-                     teacher=teacher, on_progress=on_progress, resume=not fresh,
-                     formats=[f.strip() for f in formats.split(",") if f.strip()])
+        report = run(
+            student_spec=spec,
+            config=cfg,
+            data=data,
+            val=val,
+            out_dir=out,
+            teacher=teacher,
+            on_progress=on_progress,
+            resume=not fresh,
+            formats=[f.strip() for f in formats.split(",") if f.strip()],
+        )
     print_report(report.model_dump(mode="json"))
     err.print(f"wrote {out}/: student.safetensors, student.json, report.json, metrics.jsonl")
 
@@ -187,17 +324,25 @@ def _run(*, student: Path, cfg: Any, data: Path, val: Path | None, out: Path,
 @contextmanager
 def _progress_bar() -> Iterator[Callable[[TrainProgress], None]]:
     bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-        console=err, disable=not err.is_terminal,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=err,
+        disable=not err.is_terminal,
     )
     task = bar.add_task("training", total=1.0, info="")
 
     def on_progress(p: TrainProgress) -> None:
         parts = " ".join(f"{k}={v:.4g}" for k, v in p.metrics.items() if k != "lr")
-        bar.update(task, completed=p.fraction,
-                   description=f"{p.stage} {p.epoch}/{p.epochs}",
-                   info=f"{parts} {p.samples_per_s:,.0f}/s")
+        bar.update(
+            task,
+            completed=p.fraction,
+            description=f"{p.stage} {p.epoch}/{p.epochs}",
+            info=f"{parts} {p.samples_per_s:,.0f}/s",
+        )
         if p.kind == "epoch" and not err.is_terminal:
             err.print(f"{p.stage} epoch {p.epoch}/{p.epochs}: {parts}")
 
@@ -207,15 +352,30 @@ def _progress_bar() -> Iterator[Callable[[TrainProgress], None]]:
 
 def print_report(report: dict[str, Any]) -> None:
     """Teacher vs student, like FitNets Table 5."""
-    table = Table("", "accuracy", "params", "MACs", "size", "CPU latency (b=1)",
-                  title=f"report ({report['method']}, {report['data']['eval_samples']} eval samples)")
+    table = Table(
+        "",
+        "accuracy",
+        "params",
+        "MACs",
+        "size",
+        "CPU latency (b=1)",
+        title=f"report ({report['method']}, {report['data']['eval_samples']} eval samples)",
+    )
     for who in ("teacher", "student"):
         r = report.get(who)
         if r:
             acc = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-"
-            table.add_row(who, acc, f"{r['params']:,}", f"{r['macs']:,}",
-                          f"{r['size_bytes'] / 1e6:.2f} MB", f"{r['latency_ms']:.3f} ms")
+            table.add_row(
+                who,
+                acc,
+                f"{r['params']:,}",
+                f"{r['macs']:,}",
+                f"{r['size_bytes'] / 1e6:.2f} MB",
+                f"{r['latency_ms']:.3f} ms",
+            )
     out.print(table)
     if report.get("compression"):
-        out.print(f"compression ×{report['compression']:.2f}, speed-up ×{report['speedup']:.2f}, "
-                  f"agreement {report['student']['agreement']:.4f}")
+        out.print(
+            f"compression ×{report['compression']:.2f}, speed-up ×{report['speedup']:.2f}, "
+            f"agreement {report['student']['agreement']:.4f}"
+        )

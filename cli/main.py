@@ -8,7 +8,8 @@ from cli import engine
 
 app = typer.Typer(
     name="kdserve",
-    help="Knowledge distillation: train teachers, distill students (KD, FitNets), inspect, evaluate.",
+    help="Knowledge distillation: train teachers, distill students (KD, FitNets), "
+    "inspect, evaluate.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )

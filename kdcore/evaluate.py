@@ -50,7 +50,9 @@ def predict(
     return torch.cat(out)  # (N, K)
 
 
-def score(logits: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor | None = None) -> Scores:
+def score(
+    logits: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor | None = None
+) -> Scores:
     """Top-1/top-5 accuracy and NLL of ``logits``; agreement with ``reference`` logits."""
     labels = labels.to(logits.device)
     top1 = logits.argmax(dim=1)

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 
 
-def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def soft_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """``KL(softmax(t/T) ‖ softmax(s/T))``, summed over classes and averaged over the batch.
 
     Unscaled by ``T²``: its gradient w.r.t. a student logit is ``(q_i − p_i)/T`` per sample,

@@ -40,9 +40,7 @@ class TeacherFile:
 def load_teacher(teacher: TeacherFile, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Load, then freeze (eval mode, no gradients)."""
     spec = parse_arch(teacher.spec) if isinstance(teacher.spec, dict | str) else teacher.spec
-    model = load_model(
-        teacher.path, spec, input_shape, num_classes, allow_code=teacher.allow_code
-    )
+    model = load_model(teacher.path, spec, input_shape, num_classes, allow_code=teacher.allow_code)
     return freeze(model)
 
 
@@ -93,7 +91,9 @@ def run(
         preprocess=result.normalizer.to_dict(),
     )
     export_student(result.student, meta, out_dir, formats=formats)
-    n_train = len(train_data) - (len(result.val_data) if val_data is None and result.val_data else 0)
+    n_train = len(train_data) - (
+        len(result.val_data) if val_data is None and result.val_data else 0
+    )
     report = build_report(
         method=config.method,
         student=result.student,

@@ -86,7 +86,7 @@ class TrainResult:
 class _Stage:
     name: StageName
     epochs: int
-    lr: float
+    lr: float | None  # None: the hint stage's default, set once the hint's shape is known
 
 
 @dataclass
@@ -203,7 +203,9 @@ def train(
     )
 
     for index, stage in enumerate(stages):
-        if index < state.stage_index or (index == state.stage_index and state.epoch >= stage.epochs):
+        if index < state.stage_index or (
+            index == state.stage_index and state.epoch >= stage.epochs
+        ):
             continue
         if index > state.stage_index:
             state.stage_index, state.epoch = index, 0
@@ -225,13 +227,15 @@ def _plan(config: DistillConfig) -> list[_Stage]:
     if config.method == "fitnet":
         assert config.hint is not None
         return [
-            _Stage("hint", config.hint.epochs, config.hint.lr or config.lr),
+            _Stage("hint", config.hint.epochs, config.hint.lr),
             _Stage("kd", config.epochs, config.lr),
         ]
     return [_Stage("kd" if config.method == "kd" else "scratch", config.epochs, config.lr)]
 
 
-def _check_teacher(teacher: nn.Module, data: Dataset, normalizer: Normalizer, device: torch.device) -> None:
+def _check_teacher(
+    teacher: nn.Module, data: Dataset, normalizer: Normalizer, device: torch.device
+) -> None:
     with torch.no_grad():
         out = teacher(normalizer(data.x[:2].to(device)))
     if not isinstance(out, torch.Tensor) or out.shape != (2, data.num_classes):
@@ -272,16 +276,23 @@ class _Loop:
         regressor: nn.Module | None = None
         taps: tuple[FeatureTap, FeatureTap] | None = None
         if stage.name == "hint":
-            assert cfg.hint is not None and self.teacher is not None
+            assert cfg.hint is not None
+            assert self.teacher is not None
             taps = (
                 FeatureTap(self.student, cfg.hint.student_layer, stop=True),
                 FeatureTap(self.teacher, cfg.hint.teacher_layer, stop=True),
             )
-            regressor = self._regressor(taps).to(self.device)
+            regressor, hint_shape = self._regressor(taps)
+            regressor.to(self.device)
             params = self._guided_params(taps[0]) + list(regressor.parameters())
         else:
-            params = [p for p in self.student.parameters()]
-        optimizer = _optimizer(cfg, params, stage.lr)
+            params = list(self.student.parameters())
+        lr = stage.lr
+        if lr is None:
+            # The hint loss sums over every position of the hint map, so its gradients are
+            # about H·W times those of a per-sample loss; scale the step to match.
+            lr = cfg.lr / math.prod(hint_shape[1:])
+        optimizer = _optimizer(cfg, params, lr)
         steps_per_epoch = math.ceil(len(self.y) / cfg.batch_size)
         scheduler = _scheduler(cfg, optimizer, stage.epochs * steps_per_epoch)
         if saved is not None:
@@ -301,7 +312,9 @@ class _Loop:
             assert self.teacher is not None
             teacher_logits = self._teacher_logits()
 
-        scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16" and self.device.type == "cuda")
+        scaler = torch.amp.GradScaler(
+            enabled=cfg.precision == "fp16" and self.device.type == "cuda"
+        )
         started = time.perf_counter()
         try:
             for epoch in range(state.epoch + 1, stage.epochs + 1):
@@ -325,8 +338,17 @@ class _Loop:
                         sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
                     if self.on_progress and step % self.progress_every == 0:
                         rate = seen / (time.perf_counter() - t_epoch)
-                        self._report("step", stage, index, epoch, step, steps_per_epoch,
-                                     {k: v / seen for k, v in sums.items()}, rate, state)
+                        self._report(
+                            "step",
+                            stage,
+                            index,
+                            epoch,
+                            step,
+                            steps_per_epoch,
+                            {k: v / seen for k, v in sums.items()},
+                            rate,
+                            state,
+                        )
                 rate = seen / (time.perf_counter() - t_epoch)
                 metrics = {f"train_{k}": v / seen for k, v in sums.items()}
                 metrics["lr"] = optimizer.param_groups[0]["lr"]
@@ -341,10 +363,27 @@ class _Loop:
                 state.history.append(row)
                 _update_best(state, row)
                 _append_jsonl(out_dir / METRICS_NAME, row)
-                _save_checkpoint(out_dir / CHECKPOINT_NAME, self, spec, data, state, optimizer,
-                                 scheduler, regressor)
-                self._report("epoch", stage, index, epoch, steps_per_epoch, steps_per_epoch,
-                             metrics, rate, state)
+                _save_checkpoint(
+                    out_dir / CHECKPOINT_NAME,
+                    self,
+                    spec,
+                    data,
+                    state,
+                    optimizer,
+                    scheduler,
+                    regressor,
+                )
+                self._report(
+                    "epoch",
+                    stage,
+                    index,
+                    epoch,
+                    steps_per_epoch,
+                    steps_per_epoch,
+                    metrics,
+                    rate,
+                    state,
+                )
         finally:
             if taps is not None:
                 for tap in taps:
@@ -360,8 +399,13 @@ class _Loop:
         xb = self.normalizer(self.x[idx])  # (B, ...) float32
         aug = self.config.augment
         if aug != "none" and xb.dim() == 4:
-            xb = augment(xb, crop_padding=self.config.crop_padding, crop="crop" in aug,
-                         flip="flip" in aug, generator=gen)
+            xb = augment(
+                xb,
+                crop_padding=self.config.crop_padding,
+                crop="crop" in aug,
+                flip="flip" in aug,
+                generator=gen,
+            )
         return xb
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -384,7 +428,8 @@ class _Loop:
         cfg = self.config
         with self._autocast():
             if stage == "hint":
-                assert taps is not None and regressor is not None
+                assert taps is not None
+                assert regressor is not None
                 with torch.no_grad():
                     _, hint = taps[1].run(xb)  # (B, O_h, N_h, N_h)
                 _, guided = taps[0].run(xb)  # (B, O_g, N_g, N_g)
@@ -411,12 +456,14 @@ class _Loop:
                 out.append(self.teacher(self.normalizer(self.x[i : i + bs])).float())
         return torch.cat(out)  # (N, K)
 
-    def _regressor(self, taps: tuple[FeatureTap, FeatureTap]) -> nn.Module:
+    def _regressor(self, taps: tuple[FeatureTap, FeatureTap]) -> tuple[nn.Module, tuple[int, ...]]:
+        """The regressor for these layers, and the hint's per-sample shape."""
         probe = self.normalizer(self.x[:2])
         with torch.no_grad(), _eval(self.student), _eval(self.teacher):
             _, guided = taps[0].run(probe)
             _, hint = taps[1].run(probe)
-        return build_regressor(tuple(guided.shape[1:]), tuple(hint.shape[1:]))
+        hint_shape = tuple(hint.shape[1:])
+        return build_regressor(tuple(guided.shape[1:]), hint_shape), hint_shape
 
     def _guided_params(self, tap: FeatureTap) -> list[nn.Parameter]:
         """The student's parameters up to the guided layer: those the guided output depends on.
@@ -441,17 +488,35 @@ class _Loop:
         return {"val_accuracy": s.accuracy, "val_nll": s.nll}
 
     def _report(
-        self, kind: Literal["step", "epoch"], stage: _Stage, index: int, epoch: int, step: int,
-        steps: int, metrics: dict[str, float], rate: float, state: _State,
+        self,
+        kind: Literal["step", "epoch"],
+        stage: _Stage,
+        index: int,
+        epoch: int,
+        step: int,
+        steps: int,
+        metrics: dict[str, float],
+        rate: float,
+        state: _State,
     ) -> None:
         if self.on_progress is None:
             return
         done = len(state.history) - (1 if kind == "epoch" else 0)  # epochs before this one
         fraction = min(1.0, (done + step / steps) / self.total_epochs)
         self.on_progress(
-            Progress(kind=kind, stage=stage.name, stage_index=index, stages=self.n_stages,
-                     epoch=epoch, epochs=stage.epochs, step=step, steps=steps,
-                     fraction=fraction, metrics=metrics, samples_per_s=rate)
+            Progress(
+                kind=kind,
+                stage=stage.name,
+                stage_index=index,
+                stages=self.n_stages,
+                epoch=epoch,
+                epochs=stage.epochs,
+                step=step,
+                steps=steps,
+                fraction=fraction,
+                metrics=metrics,
+                samples_per_s=rate,
+            )
         )
 
 
@@ -471,19 +536,27 @@ def _eval(model: nn.Module | None) -> Iterator[None]:
 def _optimizer(cfg: DistillConfig, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
     match cfg.optimizer:
         case "sgd":
-            return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                                   weight_decay=cfg.weight_decay)
+            return torch.optim.SGD(
+                params,
+                lr=lr,
+                momentum=cfg.momentum,
+                nesterov=cfg.nesterov,
+                weight_decay=cfg.weight_decay,
+            )
         case "adam":
             return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
         case "adamw":
             return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
         case "rmsprop":
-            return torch.optim.RMSprop(params, lr=lr, momentum=cfg.momentum,
-                                       weight_decay=cfg.weight_decay)
+            return torch.optim.RMSprop(
+                params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            )
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}")  # pragma: no cover
 
 
-def _scheduler(cfg: DistillConfig, opt: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def _scheduler(
+    cfg: DistillConfig, opt: torch.optim.Optimizer, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     """Stepped once per batch, so short runs get a smooth schedule too."""
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_steps))

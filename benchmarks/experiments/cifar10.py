@@ -39,16 +39,23 @@ def load(path: Path, cache: Path) -> Dataset:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "cifar10")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--teacher-epochs", type=int, default=12)
+    ap.add_argument("--teacher-epochs", type=int, default=10)
     ap.add_argument("--student-epochs", type=int, default=8)
     ap.add_argument("--hint-epochs", type=int, default=2)
     ap.add_argument("--temperature", type=float, default=4.0)
     ap.add_argument("--alpha", type=float, default=0.1)
-    ap.add_argument("--hint-lr", type=float, default=0.01)
-    ap.add_argument("--augment", default="crop_flip")
+    ap.add_argument("--hint-lr", type=float, default=None, help="default: kdcore's")
+    ap.add_argument("--teacher-augment", default="crop_flip")
+    ap.add_argument(
+        "--student-augment",
+        default="none",
+        help="none lets kdcore compute the teacher's logits once per stage",
+    )
     ap.add_argument("--only", choices=["teacher", "scratch", "kd", "fitnet"], nargs="+")
     args = ap.parse_args()
 
@@ -56,19 +63,37 @@ def main() -> None:
     test = load(DATA / "cifar10-test.zip", args.out / "cache" / "test.pt")
     teacher_spec = json.loads((EXAMPLES / "teacher.json").read_text())
     student_spec = json.loads((EXAMPLES / "student.json").read_text())
-    common = {"batch_size": 128, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9,
-              "nesterov": True, "weight_decay": 5e-4, "schedule": "cosine",
-              "augment": args.augment, "val_split": 0}
+    common = {
+        "batch_size": 128,
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "momentum": 0.9,
+        "nesterov": True,
+        "weight_decay": 5e-4,
+        "schedule": "cosine",
+        "val_split": 0,
+    }
     wanted = set(args.only or ["teacher", "scratch", "kd", "fitnet"])
 
     teacher_report = run_job(
-        "teacher", args.out, spec=teacher_spec, train=train, test=test,
-        config={**common, "method": "scratch", "epochs": args.teacher_epochs, "seed": 0},
+        "teacher",
+        args.out,
+        spec=teacher_spec,
+        train=train,
+        test=test,
+        config={
+            **common,
+            "method": "scratch",
+            "epochs": args.teacher_epochs,
+            "seed": 0,
+            "augment": args.teacher_augment,
+        },
     )
     teacher = TeacherFile(args.out / "teacher" / "student.safetensors", teacher_spec)
     kd = {"temperature": args.temperature, "alpha": args.alpha}
-    hint = {"teacher_layer": "c2_relu", "student_layer": "c2b_relu",
-            "epochs": args.hint_epochs, "lr": args.hint_lr}
+    hint = {"teacher_layer": "c2_relu", "student_layer": "c2b_relu", "epochs": args.hint_epochs}
+    if args.hint_lr is not None:
+        hint["lr"] = args.hint_lr
     methods = {
         "scratch": {"method": "scratch"},
         "kd": {"method": "kd", **kd},
@@ -79,9 +104,21 @@ def main() -> None:
         if method not in wanted:
             continue
         reports = [
-            run_job(f"{method}-seed{seed}", args.out, spec=student_spec, train=train, test=test,
-                    teacher=None if method == "scratch" else teacher,
-                    config={**common, **extra, "epochs": args.student_epochs, "seed": seed})
+            run_job(
+                f"{method}-seed{seed}",
+                args.out,
+                spec=student_spec,
+                train=train,
+                test=test,
+                teacher=None if method == "scratch" else teacher,
+                config={
+                    **common,
+                    **extra,
+                    "epochs": args.student_epochs,
+                    "seed": seed,
+                    "augment": args.student_augment,
+                },
+            )
             for seed in args.seeds
         ]
         rows.append((method, reports))

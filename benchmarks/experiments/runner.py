@@ -36,15 +36,27 @@ def run_job(
     def on_progress(p: Any) -> None:
         if p.kind == "epoch":
             m = " ".join(f"{k}={v:.4f}" for k, v in p.metrics.items() if k != "lr")
-            print(f"[{name}] {p.stage} {p.epoch}/{p.epochs} {m} {p.samples_per_s:.0f}/s "
-                  f"({time.perf_counter() - t0:.0f}s)", flush=True)
+            print(
+                f"[{name}] {p.stage} {p.epoch}/{p.epochs} {m} {p.samples_per_s:.0f}/s "
+                f"({time.perf_counter() - t0:.0f}s)",
+                flush=True,
+            )
         last[0] = p.fraction
 
-    report = run(student_spec=spec, config=DistillConfig(**config), data=train, val=test,
-                 out_dir=out, teacher=teacher, on_progress=on_progress,
-                 formats=("safetensors",))
-    print(f"[{name}] done in {time.perf_counter() - t0:.0f}s: "
-          f"accuracy {report.student.accuracy:.4f}", flush=True)
+    report = run(
+        student_spec=spec,
+        config=DistillConfig(**config),
+        data=train,
+        val=test,
+        out_dir=out,
+        teacher=teacher,
+        on_progress=on_progress,
+        formats=("safetensors",),
+    )
+    print(
+        f"[{name}] done in {time.perf_counter() - t0:.0f}s: accuracy {report.student.accuracy:.4f}",
+        flush=True,
+    )
     return report.model_dump(mode="json")
 
 
@@ -58,7 +70,8 @@ def table(rows: list[tuple[str, list[dict[str, Any]]]], teacher: dict[str, Any])
     """A FitNets Table 5 style table: params, MACs, accuracy, speed-up, compression."""
     t = teacher["student"]
     lines = [
-        "| model | method | params | MACs | test accuracy (%) | CPU latency b=1 (ms) | speed-up | compression |",
+        "| model | method | params | MACs | test accuracy (%) | CPU latency b=1 (ms) "
+        "| speed-up | compression |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
         f"| teacher | scratch | {t['params']:,} | {t['macs']:,} | {mean_std([t['accuracy']])} "
         f"| {t['latency_ms']:.3f} | 1.00 | 1.00 |",

@@ -43,9 +43,7 @@ register_family("resnet", _image_net(ResNet))
 register_family("wrn", _image_net(WideResNet))
 
 
-def build_model(
-    spec: Any, input_shape: tuple[int, ...] | list[int], num_classes: int
-) -> nn.Module:
+def build_model(spec: Any, input_shape: tuple[int, ...] | list[int], num_classes: int) -> nn.Module:
     """Build the model a spec describes, for per-sample ``input_shape`` and ``num_classes``.
 
     Args:

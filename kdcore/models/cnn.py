@@ -48,13 +48,22 @@ def _make(layer: object, shape: tuple[int, ...], num_classes: int, where: str) -
     match layer:
         case s.ConvLayer():
             return nn.Conv2d(
-                need_image(), layer.out, layer.k, stride=layer.stride, padding=layer.pad,
+                need_image(),
+                layer.out,
+                layer.k,
+                stride=layer.stride,
+                padding=layer.pad,
                 bias=layer.bias,
             )
         case s.MaxoutConvLayer():
             return MaxoutConv2d(
-                need_image(), layer.out, layer.k, stride=layer.stride, padding=layer.pad,
-                pieces=layer.pieces, bias=layer.bias,
+                need_image(),
+                layer.out,
+                layer.k,
+                stride=layer.stride,
+                padding=layer.pad,
+                pieces=layer.pieces,
+                bias=layer.bias,
             )
         case s.BatchNormLayer():
             if len(shape) == 3:
@@ -91,5 +100,7 @@ def _probe(module: nn.Module, shape: tuple[int, ...], where: str) -> tuple[int, 
     finally:
         module.train()
     if 0 in out.shape:
-        raise SpecError(f"{where} turns input shape {shape} into an empty output {tuple(out.shape[1:])}")
+        raise SpecError(
+            f"{where} turns input shape {shape} into an empty output {tuple(out.shape[1:])}"
+        )
     return tuple(out.shape[1:])

@@ -10,13 +10,24 @@ class MaxoutConv2d(nn.Module):
     """A convolution with ``pieces`` linear pieces per output channel, max over the pieces."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int, *,
-        stride: int = 1, padding: int = 0, pieces: int = 2, bias: bool = True,
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        padding: int = 0,
+        pieces: int = 2,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         self.pieces = pieces
         self.conv = nn.Conv2d(
-            in_channels, out_channels * pieces, kernel_size, stride=stride, padding=padding,
+            in_channels,
+            out_channels * pieces,
+            kernel_size,
+            stride=stride,
+            padding=padding,
             bias=bias,
         )
 

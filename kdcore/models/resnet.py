@@ -69,8 +69,10 @@ class ResNet(nn.Module):
         in_ch = widths[0]
         stages = []
         for i, w in enumerate(widths):
-            blocks = [BasicBlock(in_ch if j == 0 else w, w, 2 if (i > 0 and j == 0) else 1)
-                      for j in range(n)]
+            blocks = [
+                BasicBlock(in_ch if j == 0 else w, w, 2 if (i > 0 and j == 0) else 1)
+                for j in range(n)
+            ]
             stages.append(nn.Sequential(*blocks))
             in_ch = w
         self.layer1, self.layer2, self.layer3 = stages

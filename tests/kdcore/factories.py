@@ -9,8 +9,9 @@ import torch
 from kdcore.data import Dataset
 
 
-def image_data(n: int = 192, classes: int = 4, shape: tuple[int, int, int] = (3, 8, 8),
-               seed: int = 0) -> Dataset:
+def image_data(
+    n: int = 192, classes: int = 4, shape: tuple[int, int, int] = (3, 8, 8), seed: int = 0
+) -> Dataset:
     """Learnable images: each class brightens its own quadrant-ish stripe, plus noise."""
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % classes
@@ -18,8 +19,9 @@ def image_data(n: int = 192, classes: int = 4, shape: tuple[int, int, int] = (3,
     rows = shape[1] // classes or 1
     for c in range(classes):
         x[y == c, :, c * rows : (c + 1) * rows, :] += 120
-    return Dataset(x=x.clamp(0, 255).to(torch.uint8), y=y.long(),
-                   classes=[f"c{c}" for c in range(classes)])
+    return Dataset(
+        x=x.clamp(0, 255).to(torch.uint8), y=y.long(), classes=[f"c{c}" for c in range(classes)]
+    )
 
 
 def cnn(width: int = 8, dropout: float = 0.0) -> dict[str, Any]:
@@ -41,6 +43,13 @@ def cnn(width: int = 8, dropout: float = 0.0) -> dict[str, Any]:
 
 
 def config(**overrides: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"method": "scratch", "epochs": 2, "batch_size": 32, "lr": 0.05,
-                            "val_split": 0.25, "seed": 0, "device": "cpu"}
+    base: dict[str, Any] = {
+        "method": "scratch",
+        "epochs": 2,
+        "batch_size": 32,
+        "lr": 0.05,
+        "val_split": 0.25,
+        "seed": 0,
+        "device": "cpu",
+    }
     return base | overrides

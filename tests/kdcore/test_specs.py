@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from kdcore.hooks import get_layer
 from kdcore.models import build_model, register_family
 from kdcore.specs import SpecError, arch_json_schema, parse_arch
 
@@ -52,7 +53,7 @@ def test_mlp_paths_and_sizes() -> None:
     model = build_model(EXAMPLES["mlp-teacher"], (1, 28, 28), 10)
     names = [n for n, _ in model.named_children()]
     assert names == ["flatten", "fc1", "relu1", "drop1", "fc2", "relu2", "drop2", "head"]
-    assert model.fc1.in_features == 784
+    assert get_layer(model, "fc1").in_features == 784
 
 
 def test_maxout_layers() -> None:
@@ -66,7 +67,7 @@ def test_maxout_layers() -> None:
         ],
     }
     model = build_model(spec, (1, 6, 6), 4)
-    assert model.mc.conv.out_channels == 24
+    assert get_layer(model, "mc.conv").out_channels == 24
     assert model(torch.zeros(2, 1, 6, 6)).shape == (2, 4)
 
 
@@ -91,8 +92,10 @@ def test_unknown_field_is_refused() -> None:
 
 
 def test_impossible_shape_names_the_layer() -> None:
-    spec = {"family": "cnn", "layers": [{"type": "conv", "out": 4, "k": 9}, {"type": "flatten"},
-                                        {"type": "linear"}]}
+    spec = {
+        "family": "cnn",
+        "layers": [{"type": "conv", "out": 4, "k": 9}, {"type": "flatten"}, {"type": "linear"}],
+    }
     with pytest.raises(SpecError, match="layer 0.*cannot take input shape \\(3, 5, 5\\)"):
         build_model(spec, (3, 5, 5), 10)
 
@@ -135,7 +138,7 @@ def test_registered_family_is_built() -> None:
     register_family("cnn", lambda spec, shape, k: nn.Sequential(nn.Flatten(), nn.Linear(12, k)))
     try:
         model = build_model(specs.CnnSpec(family="cnn", layers=[{"type": "relu"}]), (3, 2, 2), 3)
-        assert isinstance(model[1], nn.Linear)
+        assert isinstance(get_layer(model, "1"), nn.Linear)
     finally:
         from kdcore.models.cnn import build_cnn
 

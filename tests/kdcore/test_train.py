@@ -19,21 +19,30 @@ HINT = {"teacher_layer": "relu2", "student_layer": "relu1", "epochs": 2, "lr": 0
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory: pytest.TempPathFactory) -> nn.Module:
     out = tmp_path_factory.mktemp("teacher")
-    result = train(student_spec=cnn(16), config=DistillConfig(**config(epochs=3)),
-                   train_data=image_data(), out_dir=out)
+    result = train(
+        student_spec=cnn(16),
+        config=DistillConfig(**config(epochs=3)),
+        train_data=image_data(),
+        out_dir=out,
+    )
     return freeze(result.student)
 
 
 def test_scratch_learns_and_writes_metrics_and_checkpoint(tmp_path: Path) -> None:
-    result = train(student_spec=cnn(), config=DistillConfig(**config(epochs=4)),
-                   train_data=image_data(), out_dir=tmp_path)
+    result = train(
+        student_spec=cnn(),
+        config=DistillConfig(**config(epochs=4)),
+        train_data=image_data(),
+        out_dir=tmp_path,
+    )
     rows = [json.loads(line) for line in (tmp_path / METRICS_NAME).read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert rows[-1]["val_accuracy"] > 0.5  # 4 classes: chance is 0.25
     ckpt = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
     assert ckpt["stage_index"] == 0
-    assert ckpt["epoch"] == 4 and ckpt["spec"]["family"] == "cnn"
+    assert ckpt["epoch"] == 4
+    assert ckpt["spec"]["family"] == "cnn"
     assert set(ckpt) >= {"student", "optimizer", "scheduler", "rng", "config", "best", "normalizer"}
     assert not result.student.training
 
@@ -42,14 +51,17 @@ def _record_grads(model: nn.Module, counts: dict[str, int]) -> None:
     """Count, per parameter, the backward passes that gave it a non-zero gradient."""
     counts.update({name: 0 for name, _ in model.named_parameters()})
     for name, p in model.named_parameters():
+
         def hook(g: torch.Tensor, name: str = name) -> None:
             if g.abs().sum() > 0:
                 counts[name] += 1
+
         p.register_hook(hook)
 
 
-def test_every_parameter_gets_a_gradient_in_kd(tmp_path: Path, teacher: nn.Module,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_parameter_gets_a_gradient_in_kd(
+    tmp_path: Path, teacher: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
     counts: dict[str, int] = {}
     real_build = build_model
 
@@ -59,13 +71,20 @@ def test_every_parameter_gets_a_gradient_in_kd(tmp_path: Path, teacher: nn.Modul
         return model
 
     monkeypatch.setattr("kdcore.train.build_model", build_and_record)
-    train(student_spec=cnn(), config=DistillConfig(**config(method="kd", epochs=1)),
-          train_data=image_data(), teacher=teacher, out_dir=tmp_path)
-    assert counts and all(c > 0 for c in counts.values()), counts
+    train(
+        student_spec=cnn(),
+        config=DistillConfig(**config(method="kd", epochs=1)),
+        train_data=image_data(),
+        teacher=teacher,
+        out_dir=tmp_path,
+    )
+    assert counts
+    assert all(c > 0 for c in counts.values()), counts
 
 
-def test_hint_stage_trains_only_up_to_the_guided_layer(tmp_path: Path, teacher: nn.Module,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hint_stage_trains_only_up_to_the_guided_layer(
+    tmp_path: Path, teacher: nn.Module, monkeypatch: pytest.MonkeyPatch
+) -> None:
     models: list[nn.Module] = []
     counts: dict[str, int] = {}
     real_build = build_model
@@ -85,8 +104,14 @@ def test_hint_stage_trains_only_up_to_the_guided_layer(tmp_path: Path, teacher: 
             snapshots["after_hint"] = {k: v.clone() for k, v in models[0].state_dict().items()}
             snapshots["grads"] = dict(counts)  # type: ignore[arg-type]
 
-    train(student_spec=cnn(), config=cfg, train_data=image_data(), teacher=teacher,
-          out_dir=tmp_path, on_progress=on_progress)
+    train(
+        student_spec=cnn(),
+        config=cfg,
+        train_data=image_data(),
+        teacher=teacher,
+        out_dir=tmp_path,
+        on_progress=on_progress,
+    )
     torch.manual_seed(0)  # train() seeds the same way before building the student
     start = real_build(cnn(), (3, 8, 8), 4)
     after = snapshots["after_hint"]
@@ -105,14 +130,17 @@ def test_hint_stage_trains_only_up_to_the_guided_layer(tmp_path: Path, teacher: 
 
 
 @pytest.mark.parametrize("stop_after", [1, 2, 3])
-def test_resume_from_any_epoch_equals_uninterrupted(tmp_path: Path, teacher: nn.Module,
-                                                     stop_after: int) -> None:
-    cfg = DistillConfig(**config(method="fitnet", epochs=2, hint=HINT, augment="crop_flip",
-                                 crop_padding=1))
+def test_resume_from_any_epoch_equals_uninterrupted(
+    tmp_path: Path, teacher: nn.Module, stop_after: int
+) -> None:
+    cfg = DistillConfig(
+        **config(method="fitnet", epochs=2, hint=HINT, augment="crop_flip", crop_padding=1)
+    )
     spec = cnn(dropout=0.3)
     data = image_data()
-    full = train(student_spec=spec, config=cfg, train_data=data, teacher=teacher,
-                 out_dir=tmp_path / "full")
+    full = train(
+        student_spec=spec, config=cfg, train_data=data, teacher=teacher, out_dir=tmp_path / "full"
+    )
 
     epochs_seen = 0
 
@@ -125,12 +153,21 @@ def test_resume_from_any_epoch_equals_uninterrupted(tmp_path: Path, teacher: nn.
             epochs_seen += 1
 
     with pytest.raises(Canceled):
-        train(student_spec=spec, config=cfg, train_data=data, teacher=teacher,
-              out_dir=tmp_path / "cut", on_progress=count, should_cancel=cancel_after)
-    resumed = train(student_spec=spec, config=cfg, train_data=data, teacher=teacher,
-                    out_dir=tmp_path / "cut")
-    for (name, a), b in zip(full.student.state_dict().items(),
-                            resumed.student.state_dict().values(), strict=True):
+        train(
+            student_spec=spec,
+            config=cfg,
+            train_data=data,
+            teacher=teacher,
+            out_dir=tmp_path / "cut",
+            on_progress=count,
+            should_cancel=cancel_after,
+        )
+    resumed = train(
+        student_spec=spec, config=cfg, train_data=data, teacher=teacher, out_dir=tmp_path / "cut"
+    )
+    for (name, a), b in zip(
+        full.student.state_dict().items(), resumed.student.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), f"{name} differs after resuming from epoch {stop_after}"
     full_rows = (tmp_path / "full" / METRICS_NAME).read_text().splitlines()
     cut_rows = (tmp_path / "cut" / METRICS_NAME).read_text().splitlines()
@@ -142,16 +179,23 @@ def test_diverging_training_stops_with_the_place(tmp_path: Path) -> None:
     cfg = DistillConfig(**config(method="scratch", lr=10.0, momentum=0.9, epochs=3))
     spec = {"family": "mlp", "hidden": [256, 256, 256]}
     with pytest.raises(Diverged) as info:
-        train(student_spec=spec, config=cfg, train_data=data, out_dir=tmp_path,
-              val_data=None)
-    assert info.value.stage == "scratch" and info.value.epoch >= 1 and info.value.step >= 1
+        train(student_spec=spec, config=cfg, train_data=data, out_dir=tmp_path, val_data=None)
+    assert info.value.stage == "scratch"
+    assert info.value.epoch >= 1
+    assert info.value.step >= 1
 
 
 def test_progress_reaches_one_and_is_monotonic(tmp_path: Path, teacher: nn.Module) -> None:
     seen: list[float] = []
-    train(student_spec=cnn(), config=DistillConfig(**config(method="kd", epochs=2)),
-          train_data=image_data(), teacher=teacher, out_dir=tmp_path,
-          on_progress=lambda p: seen.append(p.fraction), progress_every=1)
+    train(
+        student_spec=cnn(),
+        config=DistillConfig(**config(method="kd", epochs=2)),
+        train_data=image_data(),
+        teacher=teacher,
+        out_dir=tmp_path,
+        on_progress=lambda p: seen.append(p.fraction),
+        progress_every=1,
+    )
     assert seen == sorted(seen)
     assert seen[-1] == pytest.approx(1.0)
 
@@ -159,11 +203,20 @@ def test_progress_reaches_one_and_is_monotonic(tmp_path: Path, teacher: nn.Modul
 def test_teacher_with_other_classes_is_refused(tmp_path: Path) -> None:
     other = build_model(cnn(), (3, 8, 8), 7)
     with pytest.raises(ValueError, match="7,.*4 classes"):
-        train(student_spec=cnn(), config=DistillConfig(**config(method="kd")),
-              train_data=image_data(), teacher=other, out_dir=tmp_path)
+        train(
+            student_spec=cnn(),
+            config=DistillConfig(**config(method="kd")),
+            train_data=image_data(),
+            teacher=other,
+            out_dir=tmp_path,
+        )
 
 
 def test_batch_larger_than_data_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="batch_size"):
-        train(student_spec=cnn(), config=DistillConfig(**config(batch_size=1000)),
-              train_data=image_data(), out_dir=tmp_path)
+        train(
+            student_spec=cnn(),
+            config=DistillConfig(**config(batch_size=1000)),
+            train_data=image_data(),
+            out_dir=tmp_path,
+        )
