@@ -364,9 +364,10 @@ def print_report(report: dict[str, Any]) -> None:
     for who in ("teacher", "student"):
         r = report.get(who)
         if r:
+            label = who if report.get("teacher") else "model"
             acc = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-"
             table.add_row(
-                who,
+                label,
                 acc,
                 f"{r['params']:,}",
                 f"{r['macs']:,}",

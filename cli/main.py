@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import typer
 
 from cli import engine
+
+# torch.export.load warns about its own internals (LeafSpec); nothing a user can act on.
+warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
 
 app = typer.Typer(
     name="kdserve",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
 import os
 import secrets
@@ -350,6 +351,8 @@ def _write_onnx(_b: nn.Module, wrapped: Preprocessed, meta: StudentMeta, path: P
 
     example = _raw_batch(meta, 2)
     batch = torch.export.Dim("batch", min=1)
+    # The exporter logs one line per torchvision op it cannot register; kdserve uses none.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     torch.onnx.export(
         wrapped,
         (example,),

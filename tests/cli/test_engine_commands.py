@@ -201,3 +201,11 @@ def test_train_distill_evaluate_as_a_user_would(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "state_dict" in done.stderr
+
+
+@pytest.mark.parametrize("what", ["arch", "config"])
+def test_published_schemas_are_current(what: str) -> None:
+    """docs/schemas/ must match the code: regenerate with `kdserve schema WHAT`."""
+    result = runner.invoke(app, ["schema", what])
+    published = json.loads((ROOT / "docs" / "schemas" / f"{what}.schema.json").read_text())
+    assert json.loads(result.stdout) == published
