@@ -1,0 +1,35 @@
+"""The Celery application: one configuration for the API (which only sends tasks by name)
+and the workers (which register them in ``worker.tasks``)."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from store.settings import Settings
+
+# Task names: "<domain>.<verb>". The API sends them by name and never imports the worker.
+VALIDATE_TEACHER = "teachers.validate"
+VALIDATE_DATASET = "datasets.validate"
+RUN_JOB = "distill.run"
+REAP_JOBS = "jobs.reap"
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("kdserve", broker=settings.broker)
+    app.conf.update(
+        task_ignore_result=True,  # state lives in the database, not a result backend
+        task_acks_late=True,  # a job's message is acked when it ends, not when it starts
+        task_reject_on_worker_lost=True,  # a killed child requeues its message
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.job_time_limit_s,
+        task_soft_time_limit=max(1, settings.job_time_limit_s - 60),
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        task_routes={RUN_JOB: {"queue": settings.queue}},
+        task_default_queue="default",
+        beat_schedule={
+            "reap-stale-jobs": {"task": REAP_JOBS, "schedule": settings.reap_interval_s},
+        },
+        worker_hijack_root_logger=False,
+    )
+    return app

@@ -1,0 +1,112 @@
+"""Settings from the environment (prefix ``KDSERVE_``).
+
+Defaults are the embedded single-machine mode: a SQLite database, a SQLite-backed Celery
+broker and a local storage folder, all under ``KDSERVE_HOME`` (default ``./.kdserve``).
+Production sets ``KDSERVE_DATABASE_URL``, ``KDSERVE_BROKER_URL``, ``KDSERVE_STORAGE_URL``
+and the S3 variables; validators refuse unsafe combinations at start-up.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KDSERVE_", extra="ignore")
+
+    environment: Literal["embedded", "development", "production"] = "embedded"
+    home: Path = Path(".kdserve")
+
+    # -- database ------------------------------------------------------------------------
+    database_url: str | None = None  # default: sqlite under home
+    database_pool_size: int = Field(default=10, ge=1)
+
+    # -- broker / queue ------------------------------------------------------------------
+    broker_url: str | None = None  # default: kombu's SQLAlchemy transport on sqlite
+    queue: str = "gpu"  # the queue distillation jobs are routed to
+    job_time_limit_s: int = Field(default=24 * 3600, gt=0)
+    # Redis redelivers unacked messages after this; keep it above the job time limit.
+    visibility_timeout_s: int = Field(default=25 * 3600, gt=0)
+    heartbeat_interval_s: float = Field(default=5.0, gt=0)
+    heartbeat_timeout_s: float = Field(default=60.0, gt=0)
+    reap_interval_s: float = Field(default=15.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+
+    # -- storage -------------------------------------------------------------------------
+    storage_url: str | None = None  # file:///abs/path or s3://bucket/prefix
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_presign_expiry_s: int = Field(default=3600, gt=0)
+
+    # -- limits --------------------------------------------------------------------------
+    max_upload_bytes: int = Field(default=2048 * MiB, gt=0)
+    max_running_jobs_per_tenant: int = Field(default=4, ge=1)
+    max_stored_bytes_per_tenant: int = Field(default=50 * 1024 * MiB, gt=0)
+    allow_code_checkpoints: bool = False
+
+    # -- API -----------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    public_url: str | None = None  # what clients use; default http://api_host:api_port
+
+    @cached_property
+    def resolved_home(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.resolved_home / 'kdserve.db'}"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or f"sqla+sqlite:///{self.resolved_home / 'broker.db'}"
+
+    @property
+    def storage(self) -> str:
+        return self.storage_url or (self.resolved_home / "storage").as_uri()
+
+    @property
+    def api_url(self) -> str:
+        return self.public_url or f"http://{self.api_host}:{self.api_port}"
+
+    @model_validator(mode="after")
+    def _safe_for_production(self) -> Settings:
+        if self.visibility_timeout_s <= self.job_time_limit_s:
+            raise ValueError(
+                "KDSERVE_VISIBILITY_TIMEOUT_S must exceed KDSERVE_JOB_TIME_LIMIT_S, or Redis "
+                "redelivers a job that is still running"
+            )
+        if self.heartbeat_timeout_s <= 2 * self.heartbeat_interval_s:
+            raise ValueError("KDSERVE_HEARTBEAT_TIMEOUT_S must be over twice the interval")
+        if self.environment == "production":
+            missing = [
+                name
+                for name, value in (
+                    ("KDSERVE_DATABASE_URL", self.database_url),
+                    ("KDSERVE_BROKER_URL", self.broker_url),
+                    ("KDSERVE_STORAGE_URL", self.storage_url),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(f"production needs {', '.join(missing)}")
+            if self.database_url and self.database_url.startswith("sqlite"):
+                raise ValueError("production needs a server database, not SQLite")
+            if self.storage_url and self.storage_url.startswith("s3://"):
+                if not (self.s3_access_key_id and self.s3_secret_access_key):
+                    raise ValueError(
+                        "s3 storage needs KDSERVE_S3_ACCESS_KEY_ID and KDSERVE_S3_SECRET_ACCESS_KEY"
+                    )
+        return self
+
+
+settings = Settings()
