@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 from types import TracebackType
 from typing import Any
 
 import torch
 from torch import nn
+
+from kdcore.layer_paths import describe_missing_layer
 
 
 class LayerNotFound(ValueError):
@@ -24,11 +25,6 @@ def get_layer(model: nn.Module, path: str) -> nn.Module:
     if not path or path not in modules:
         raise LayerNotFound(describe_missing_layer(path, module_paths(model)))
     return modules[path]
-
-
-def describe_missing_layer(path: str, valid: list[str]) -> str:
-    near = difflib.get_close_matches(path, valid, n=5, cutoff=0.4) or valid[:5]
-    return f"no layer {path!r}; nearest valid paths: {', '.join(near)} ({len(valid)} in all)"
 
 
 class _Stop(Exception):

@@ -137,6 +137,7 @@ class Teacher(Timestamps, Base):
     params: Mapped[int | None] = mapped_column(BigInteger)
     macs: Mapped[int | None] = mapped_column(BigInteger)
     source_job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    deleted_at: Mapped[datetime | None] = mapped_column()  # hidden, kept for jobs' history
 
     blob: Mapped[Blob] = relationship(lazy="raise")
 
@@ -155,6 +156,7 @@ class DatasetRecord(Timestamps, Base):
     samples: Mapped[int | None] = mapped_column(Integer)
     input_shape: Mapped[list[Any] | None] = mapped_column(JSON)
     classes: Mapped[list[Any] | None] = mapped_column(JSON)
+    deleted_at: Mapped[datetime | None] = mapped_column()  # hidden, kept for jobs' history
 
     blob: Mapped[Blob] = relationship(lazy="raise")
 
