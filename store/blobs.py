@@ -209,12 +209,11 @@ class _S3Writer(BlobWriter):
         c, bucket = self.store.client, self.store.bucket
         try:
             if self._upload_id is None:
-                self._upload_id = c.create_multipart_upload(Bucket=bucket, Key=self.key)[
-                    "UploadId"
-                ]
+                self._upload_id = c.create_multipart_upload(Bucket=bucket, Key=self.key)["UploadId"]
             n = len(self._parts) + 1
-            etag = c.upload_part(Bucket=bucket, Key=self.key, PartNumber=n,
-                                 UploadId=self._upload_id, Body=data)["ETag"]
+            etag = c.upload_part(
+                Bucket=bucket, Key=self.key, PartNumber=n, UploadId=self._upload_id, Body=data
+            )["ETag"]
         except Exception as exc:  # botocore raises many types; all mean "storage failed"
             raise StorageError(f"S3 upload of {self.key} failed: {exc}") from exc
         self._parts.append({"PartNumber": n, "ETag": etag})
@@ -227,8 +226,12 @@ class _S3Writer(BlobWriter):
             else:
                 if self._buf:
                     self._flush_part(bytes(self._buf))
-                c.complete_multipart_upload(Bucket=bucket, Key=self.key, UploadId=self._upload_id,
-                                            MultipartUpload={"Parts": self._parts})
+                c.complete_multipart_upload(
+                    Bucket=bucket,
+                    Key=self.key,
+                    UploadId=self._upload_id,
+                    MultipartUpload={"Parts": self._parts},
+                )
         except StorageError:
             self.abort()
             raise
@@ -243,24 +246,40 @@ class _S3Writer(BlobWriter):
         if self._upload_id is not None:
             try:
                 self.store.client.abort_multipart_upload(
-                    Bucket=self.store.bucket, Key=self.key, UploadId=self._upload_id)
+                    Bucket=self.store.bucket, Key=self.key, UploadId=self._upload_id
+                )
             except Exception:  # best effort: lifecycle rules clean up what this misses
                 pass
             self._upload_id = None
 
 
 class S3Store(BlobStore):
-    def __init__(self, bucket: str, prefix: str, *, endpoint_url: str | None, region: str,
-                 access_key_id: str | None, secret_access_key: str | None) -> None:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str,
+        *,
+        endpoint_url: str | None,
+        region: str,
+        access_key_id: str | None,
+        secret_access_key: str | None,
+    ) -> None:
         import boto3
         from botocore.config import Config
 
         self.bucket, self.prefix = bucket, prefix.strip("/")
         self.client = boto3.client(
-            "s3", endpoint_url=endpoint_url, region_name=region,
-            aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
-            config=Config(retries={"max_attempts": 3, "mode": "standard"},
-                          connect_timeout=5, read_timeout=60, s3={"addressing_style": "path"}),
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region,
+            aws_access_key_id=access_key_id,
+            aws_secret_access_key=secret_access_key,
+            config=Config(
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=60,
+                s3={"addressing_style": "path"},
+            ),
         )
 
     def _key(self, key: str) -> str:
@@ -309,8 +328,9 @@ class S3Store(BlobStore):
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._split(uri)}
         if filename:
             params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
-        url: str = self.client.generate_presigned_url("get_object", Params=params,
-                                                      ExpiresIn=expires_s)
+        url: str = self.client.generate_presigned_url(
+            "get_object", Params=params, ExpiresIn=expires_s
+        )
         return url
 
     def iter_bytes(self, uri: str, chunk: int = 1 << 20) -> Iterator[bytes]:
@@ -324,8 +344,11 @@ def store_from_settings(settings: Settings) -> BlobStore:
         endpoint_url=settings.s3_endpoint_url,
         region=settings.s3_region,
         access_key_id=settings.s3_access_key_id,
-        secret_access_key=(settings.s3_secret_access_key.get_secret_value()
-                           if settings.s3_secret_access_key else None),
+        secret_access_key=(
+            settings.s3_secret_access_key.get_secret_value()
+            if settings.s3_secret_access_key
+            else None
+        ),
     )
 
 

@@ -77,8 +77,13 @@ class JobStatus(enum.StrEnum):
 def _enum(cls: type[enum.StrEnum]) -> Enum:
     # Stored as plain strings (checked in Python): portable between Postgres and SQLite, and
     # adding a value needs no ALTER TYPE.
-    return Enum(cls, native_enum=False, length=16, validate_strings=True,
-                values_callable=lambda e: [m.value for m in e])
+    return Enum(
+        cls,
+        native_enum=False,
+        length=16,
+        validate_strings=True,
+        values_callable=lambda e: [m.value for m in e],
+    )
 
 
 class Tenant(Timestamps, Base):
@@ -123,8 +128,9 @@ class Teacher(Timestamps, Base):
     __tablename__ = "teachers"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"),
-                                                 index=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
     name: Mapped[str] = mapped_column(String(200), default="")
     blob_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("blobs.id"))
     arch: Mapped[dict[str, Any] | None] = mapped_column(JSON)
@@ -146,8 +152,9 @@ class DatasetRecord(Timestamps, Base):
     __tablename__ = "datasets"
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"),
-                                                 index=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
     name: Mapped[str] = mapped_column(String(200), default="")
     filename: Mapped[str] = mapped_column(String(255), default="")
     blob_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("blobs.id"))
@@ -201,8 +208,9 @@ class MetricPoint(Base):
     __tablename__ = "metric_points"
     __table_args__ = (Index("ix_metric_points_job_key_step", "job_id", "key", "step"),)
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
-                                    primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
     job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     key: Mapped[str] = mapped_column(String(64))
     step: Mapped[int] = mapped_column(Integer)
@@ -217,8 +225,7 @@ class Artifact(Base):
     __table_args__ = (UniqueConstraint("job_id", "name"),)
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"),
-                                              index=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(255))
     uri: Mapped[str] = mapped_column(String(1024))
     size: Mapped[int] = mapped_column(BigInteger)

@@ -23,7 +23,7 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_time_limit=settings.job_time_limit_s,
         task_soft_time_limit=max(1, settings.job_time_limit_s - 60),
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_transport_options=_transport_options(settings),
         broker_connection_retry_on_startup=True,
         task_routes={RUN_JOB: {"queue": settings.queue}},
         task_default_queue="default",
@@ -33,3 +33,11 @@ def make_celery(settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
     )
     return app
+
+
+def _transport_options(settings: Settings) -> dict[str, object]:
+    if settings.broker.startswith(("redis://", "rediss://")):
+        # Redis redelivers a message unacked for this long (celery#5935): keep it above the
+        # job time limit, or a long job runs twice.
+        return {"visibility_timeout": settings.visibility_timeout_s}
+    return {}  # kombu's SQLAlchemy transport hands these to create_engine()

@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI). It validates, stores and queues; it never imports torch."""

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from store.models import JobStatus
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    teacher_id: uuid.UUID | None = Field(default=None, description="null for method scratch")
+    dataset_id: uuid.UUID
+    val_dataset_id: uuid.UUID | None = None
+    student: dict[str, Any] = Field(description="architecture spec of the student")
+    config: dict[str, Any] = Field(description="training config (method, epochs, ...)")
+    name: str | None = Field(default=None, max_length=200)
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobPublic(BaseModel):
+    id: uuid.UUID
+    name: str
+    status: JobStatus
+    method: str
+    teacher_id: uuid.UUID | None
+    dataset_id: uuid.UUID
+    val_dataset_id: uuid.UUID | None
+    student: dict[str, Any]
+    config: dict[str, Any]
+    stage: str | None
+    epoch: int | None
+    progress: float
+    metrics: dict[str, Any]
+    error: JobError | None
+    attempts: int
+    cancel_requested: bool
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobList(BaseModel):
+    items: list[JobPublic]
+    next_cursor: str | None
+
+
+class MetricPointOut(BaseModel):
+    step: int
+    value: float
+    time: datetime
+
+
+class JobMetrics(BaseModel):
+    series: dict[str, list[MetricPointOut]]
+
+
+class ArtifactPublic(BaseModel):
+    name: str
+    size: int
+    sha256: str
+    url: str
+
+
+class ArtifactList(BaseModel):
+    items: list[ArtifactPublic]

@@ -1,0 +1,1 @@
+"""Small pieces every API domain uses: errors, dependencies, pagination, uploads."""

@@ -1,0 +1,117 @@
+"""Request-scoped dependencies: the database session (which owns the transaction), the
+calling tenant, and the clients the lifespan built."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from celery import Celery
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.kit.errors import Unauthorized
+from store import keys
+from store.blobs import BlobStore
+from store.models import ApiKey, Tenant
+from store.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """What ``create_app``'s lifespan builds; kept on ``app.state.services``."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    store: BlobStore
+    celery: Celery
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def defer_task(session: Session, name: str, args: list[Any], *, queue: str | None = None) -> None:
+    """Queue a Celery task to be sent only after this session's transaction commits."""
+    session.info.setdefault("outbox", []).append((name, args, queue))
+
+
+def get_session(services: ServicesDep) -> Iterator[Session]:
+    """One transaction per request: commit when the endpoint returns, then send the tasks it
+    deferred (so a worker never sees a row that is not committed); roll back on error."""
+    session = services.sessions()
+    try:
+        yield session
+        session.commit()
+    except Exception:
+        session.rollback()
+        raise
+    finally:
+        outbox = session.info.pop("outbox", [])
+        session.close()
+    for name, args, queue in outbox:
+        try:
+            services.celery.send_task(name, args=args, queue=queue)
+        except Exception:  # the reaper re-sends jobs left queued; never fail a committed write
+            log.exception("could not send %s%s; the reaper will retry", name, args)
+
+
+# scope="function": commit before the response is sent, so a client that reads back what it
+# just created always finds it.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer kds_...`")
+
+
+def get_tenant(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Tenant:
+    denied = Unauthorized(
+        "missing or invalid API key: send `Authorization: Bearer <key>` with a key from "
+        "`kdserve keys create`",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise denied
+    key = credentials.credentials
+    prefix = keys.split_prefix(key)
+    if prefix is None:
+        raise denied
+    row = session.execute(
+        select(ApiKey, Tenant)
+        .join(Tenant, Tenant.id == ApiKey.tenant_id)
+        .where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
+    ).first()
+    # Compare even when no row matched, so timing does not tell whether the prefix exists.
+    stored = row[0].key_hash if row else keys.hash_key("kds_000000000000_x")
+    if not keys.matches(key, stored) or row is None:
+        raise denied
+    tenant: Tenant = row[1]
+    return tenant
+
+
+TenantDep = Annotated[Tenant, Depends(get_tenant)]
+
+
+def parse_id(value: str, what: str) -> uuid.UUID:
+    """A path id; a malformed one is simply not found (no hint about other tenants' ids)."""
+    from api.kit.errors import NotFound
+
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise NotFound(f"no {what} {value!r}") from None

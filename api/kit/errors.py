@@ -1,0 +1,155 @@
+"""One error base, rendered by one handler as RFC 9457 problem+json (422s too)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM = "application/problem+json"
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details, plus a stable machine-readable ``code``."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    code: str
+    errors: list[dict[str, Any]] | None = None
+
+
+class KDServeError(Exception):
+    status_code = 400
+    code = "bad_request"
+    title = "Bad request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        errors: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errors = errors
+        self.headers = headers
+
+
+class Unauthorized(KDServeError):
+    status_code, code, title = 401, "unauthorized", "Unauthorized"
+
+
+class NotFound(KDServeError):
+    status_code, code, title = 404, "not_found", "Not found"
+
+
+class Conflict(KDServeError):
+    status_code, code, title = 409, "conflict", "Conflict"
+
+
+class PayloadTooLarge(KDServeError):
+    status_code, code, title = 413, "too_large", "Payload too large"
+
+
+class UnsupportedMediaType(KDServeError):
+    status_code, code, title = 415, "unsupported_media_type", "Unsupported media type"
+
+
+class Invalid(KDServeError):
+    status_code, code, title = 422, "invalid", "Invalid request"
+
+
+class TooManyRequests(KDServeError):
+    status_code, code, title = 429, "limit_reached", "Limit reached"
+
+
+class Unavailable(KDServeError):
+    status_code, code, title = 503, "unavailable", "Service unavailable"
+
+
+def problem_response(
+    status: int,
+    title: str,
+    detail: str,
+    code: str,
+    errors: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = Problem(title=title, status=status, detail=detail, code=code, errors=errors)
+    return JSONResponse(
+        jsonable_encoder(body.model_dump(exclude_none=True)),
+        status_code=status,
+        media_type=PROBLEM,
+        headers=headers,
+    )
+
+
+# Problem responses for the OpenAPI document, e.g. ``responses=problems(404, 409)``.
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {s: {"model": Problem, "content": {PROBLEM: {}}} for s in statuses}
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(KDServeError)
+    async def _kdserve(_r: Request, exc: KDServeError) -> JSONResponse:
+        return problem_response(
+            exc.status_code, exc.title, exc.message, exc.code, exc.errors, exc.headers
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
+        return problem_response(422, "Invalid request", detail, "invalid", errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else "request failed"
+        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
+            exc.status_code, "http_error"
+        )
+        if exc.status_code == 413:
+            detail = (
+                "the request body is larger than this server accepts (KDSERVE_MAX_UPLOAD_BYTES)"
+            )
+        return problem_response(
+            exc.status_code,
+            detail if exc.status_code != 413 else "Payload too large",
+            detail,
+            code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(OperationalError)
+    async def _db_down(_r: Request, _exc: OperationalError) -> JSONResponse:
+        # The database is restarting or unreachable: tell clients to come back, not a 500.
+        return problem_response(
+            503,
+            "Service unavailable",
+            "the database is unavailable; retry shortly",
+            "unavailable",
+            headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool(_r: Request, _exc: PoolTimeout) -> JSONResponse:
+        return problem_response(
+            503,
+            "Service unavailable",
+            "the server is busy; retry shortly",
+            "unavailable",
+            headers={"Retry-After": "2"},
+        )

@@ -1,0 +1,45 @@
+"""Pieces of response schemas shared by several domains."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from api.kit.errors import Invalid
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 200
+
+
+def parse_shape(value: Any, field: str = "input_shape") -> list[int]:
+    """``[3, 32, 32]``, ``"3,32,32"`` or ``"[3, 32, 32]"`` → positive ints."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = (
+                json.loads(text)
+                if text.startswith("[")
+                else [int(p) for p in text.replace("x", ",").split(",") if p.strip()]
+            )
+        except ValueError:
+            value = None
+    if (
+        not isinstance(value, list)
+        or not value
+        or len(value) > 4
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value)
+    ):
+        raise Invalid(f"{field} must be 1 to 4 positive integers such as 3,32,32")
+    return value
+
+
+def parse_json_object(value: str | None, field: str) -> dict[str, Any] | None:
+    if value is None or value == "":
+        return None
+    try:
+        obj = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise Invalid(f"{field} is not valid JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise Invalid(f"{field} must be a JSON object")
+    return obj
