@@ -239,7 +239,7 @@ class _S3Writer(BlobWriter):
             self.abort()
             raise StorageError(f"S3 upload of {self.key} failed: {exc}") from exc
         self._buf.clear()
-        return StoredObject(self.store.uri(self.key), self.size, self.sha256)
+        return StoredObject(f"s3://{self.store.bucket}/{self.key}", self.size, self.sha256)
 
     def abort(self) -> None:
         self._buf.clear()

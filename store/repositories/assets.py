@@ -1,0 +1,52 @@
+"""The SQL of validating uploaded teachers and datasets.
+
+An upload starts in ``validating``; one worker task moves it to ``ready`` or ``invalid``.
+The final write is guarded by ``status = 'validating'``, so a redelivered task that runs
+twice (or concurrently) writes once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, select, update
+from sqlalchemy.orm import Session, joinedload
+
+from store.models import AssetStatus, DatasetRecord, Teacher, utcnow
+
+
+class AssetRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def teacher_with_blob(self, teacher_id: uuid.UUID) -> Teacher | None:
+        return self.session.scalar(
+            select(Teacher).options(joinedload(Teacher.blob)).where(Teacher.id == teacher_id)
+        )
+
+    def dataset_with_blob(self, dataset_id: uuid.UUID) -> DatasetRecord | None:
+        return self.session.scalar(
+            select(DatasetRecord)
+            .options(joinedload(DatasetRecord.blob))
+            .where(DatasetRecord.id == dataset_id)
+        )
+
+    def finish_teacher(self, teacher_id: uuid.UUID, **values: Any) -> bool:
+        """Write the validation result if the teacher is still ``validating``."""
+        return self._finish(Teacher, teacher_id, values)
+
+    def finish_dataset(self, dataset_id: uuid.UUID, **values: Any) -> bool:
+        """Write the validation result if the dataset is still ``validating``."""
+        return self._finish(DatasetRecord, dataset_id, values)
+
+    def _finish(
+        self, model: type[Teacher] | type[DatasetRecord], row_id: uuid.UUID, values: dict[str, Any]
+    ) -> bool:
+        stmt = (
+            update(model)
+            .where(model.id == row_id, model.status == AssetStatus.validating)
+            .values(updated_at=utcnow(), **values)
+        )
+        result = self.session.execute(stmt, execution_options={"synchronize_session": False})
+        return bool(cast(CursorResult[Any], result).rowcount)

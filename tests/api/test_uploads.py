@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.app import create_app
+from store.models import Blob, DatasetRecord
+from store.settings import Settings
+from tests.api.factories import Tenancy, npz_bytes
+
+
+def _stored_files(settings: Settings) -> list[Path]:
+    root = settings.resolved_home / "storage"
+    return [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".readyz")]
+
+
+def test_dataset_upload_multipart_and_raw_share_one_blob(
+    client: TestClient, alice: Tenancy, settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    data = npz_bytes()
+    a = client.post("/v1/datasets", headers=alice.headers, files={"file": ("a.npz", data)})
+    assert a.status_code == 201, a.text
+    assert a.json()["status"] == "validating"
+    b = client.post(
+        "/v1/datasets?filename=b.npz&name=again",
+        content=data,
+        headers={**alice.headers, "content-type": "application/octet-stream"},
+    )
+    assert b.status_code == 201, b.text
+    assert b.json()["sha256"] == a.json()["sha256"]
+    assert b.json()["name"] == "again"
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Blob)) == 1
+    assert len(_stored_files(settings)) == 1  # the duplicate's bytes were removed
+
+
+def test_upload_over_the_limit_is_413_and_leaves_nothing(
+    alice: Tenancy, settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    small = settings.model_copy(update={"max_upload_bytes": 1000})
+    with TestClient(create_app(small)) as client:
+        r = client.post(
+            "/v1/datasets?filename=big.npz",
+            content=b"x" * 5000,
+            headers={**alice.headers, "content-type": "application/octet-stream"},
+        )
+        assert r.status_code == 413
+        assert r.headers["content-type"] == "application/problem+json"
+        assert "limit" in r.json()["detail"]
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(DatasetRecord)) == 0
+    assert _stored_files(settings) == []
+
+
+def test_wrong_content_type_and_file_kind_are_415(client: TestClient, alice: Tenancy) -> None:
+    r = client.post(
+        "/v1/datasets", headers={**alice.headers, "content-type": "text/plain"}, content=b"hello"
+    )
+    assert r.status_code == 415
+    r = client.post("/v1/datasets", headers=alice.headers, files={"file": ("x.csv", b"1,2")})
+    assert r.status_code == 415
+    assert ".npz" in r.json()["detail"]
+
+
+def test_empty_upload_is_422(client: TestClient, alice: Tenancy) -> None:
+    r = client.post(
+        "/v1/datasets?filename=e.npz",
+        content=b"",
+        headers={**alice.headers, "content-type": "application/octet-stream"},
+    )
+    assert r.status_code == 422
+
+
+def test_teacher_upload_checks_arch_and_shape(client: TestClient, alice: Tenancy) -> None:
+    ok = client.post(
+        "/v1/teachers",
+        headers=alice.headers,
+        files={"file": ("t.pt", b"abc")},
+        data={
+            "arch": json.dumps({"family": "mlp", "hidden": [8]}),
+            "input_shape": "1,8,8",
+            "num_classes": "4",
+            "name": "mine",
+        },
+    )
+    assert ok.status_code == 201, ok.text
+    body = ok.json()
+    assert body["status"] == "validating"
+    assert body["input_shape"] == [1, 8, 8]
+    assert body["layers"] is None
+    bad = client.post(
+        "/v1/teachers",
+        headers=alice.headers,
+        files={"file": ("t.pt", b"abc")},
+        data={"arch": json.dumps({"family": "vit"}), "input_shape": "1,8,8", "num_classes": "4"},
+    )
+    assert bad.status_code == 422
+    assert "valid families" in bad.json()["detail"]
+    shape = client.post(
+        "/v1/teachers?input_shape=0,3&num_classes=4",
+        content=b"abc",
+        headers={**alice.headers, "content-type": "application/octet-stream"},
+    )
+    assert shape.status_code == 422
+    assert "input_shape" in shape.json()["detail"]
+
+
+def test_promoting_an_unfinished_job_is_409(
+    client: TestClient, alice: Tenancy, sessions: sessionmaker[Session]
+) -> None:
+    from tests.api.factories import create_job
+
+    with sessions() as s, s.begin():
+        job_id = create_job(s, alice.id).id
+    r = client.post("/v1/teachers", headers=alice.headers, json={"from_job": str(job_id)})
+    assert r.status_code == 409
+    assert "succeeded" in r.json()["detail"]
+
+
+def test_delete_hides_a_dataset(client: TestClient, alice: Tenancy) -> None:
+    r = client.post("/v1/datasets", headers=alice.headers, files={"file": ("a.npz", npz_bytes())})
+    ds = r.json()["id"]
+    assert client.delete(f"/v1/datasets/{ds}", headers=alice.headers).status_code == 204
+    assert client.get(f"/v1/datasets/{ds}", headers=alice.headers).status_code == 404
