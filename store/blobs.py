@@ -328,7 +328,7 @@ class S3Store(BlobStore):
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._split(uri)}
         if filename:
             params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
-        url: str = self.client.generate_presigned_url(
+        url: str = self._signer.generate_presigned_url(
             "get_object", Params=params, ExpiresIn=expires_s
         )
         return url
@@ -342,6 +342,7 @@ def store_from_settings(settings: Settings) -> BlobStore:
     return open_store(
         settings.storage,
         endpoint_url=settings.s3_endpoint_url,
+        public_endpoint_url=settings.s3_public_endpoint_url,
         region=settings.s3_region,
         access_key_id=settings.s3_access_key_id,
         secret_access_key=(

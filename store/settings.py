@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     # -- storage -------------------------------------------------------------------------
     storage_url: str | None = None  # file:///abs/path or s3://bucket/prefix
     s3_endpoint_url: str | None = None
+    # What clients use to reach storage, when it differs from the services' own endpoint
+    # (e.g. http://minio:9000 inside compose, https://s3.example.com outside): presigned
+    # download URLs are signed for this one.
+    s3_public_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
     s3_access_key_id: str | None = None
     s3_secret_access_key: SecretStr | None = None

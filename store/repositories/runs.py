@@ -227,7 +227,11 @@ class RunRepository:
     ) -> bool:
         """Mark the job succeeded and list its artifacts (replacing an earlier attempt's)."""
         if not self.finish(
-            job_id, lease=lease, status=JobStatus.succeeded, now=now, progress=1.0,
+            job_id,
+            lease=lease,
+            status=JobStatus.succeeded,
+            now=now,
+            progress=1.0,
             metrics=metrics,
         ):
             return False

@@ -86,3 +86,19 @@ def test_s3_presigned_url_downloads_the_object() -> None:
 def test_unknown_scheme_is_refused() -> None:
     with pytest.raises(ValueError, match="file:// or s3://"):
         open_store("gs://bucket/x")
+
+
+def test_presigned_urls_use_the_public_endpoint_when_set() -> None:
+    with moto_s3() as env:
+        store = open_store(
+            env["KDSERVE_STORAGE_URL"],
+            endpoint_url=env["KDSERVE_S3_ENDPOINT_URL"],
+            region="us-east-1",
+            access_key_id="test",
+            secret_access_key="test",
+            public_endpoint_url="https://s3.example.com",
+        )
+        obj = store.upload_file("a/x", Path(__file__))
+        url = store.presign(obj.uri, expires_s=60)
+        assert url is not None
+        assert url.startswith("https://s3.example.com/")
