@@ -263,24 +263,31 @@ class S3Store(BlobStore):
         region: str,
         access_key_id: str | None,
         secret_access_key: str | None,
+        public_endpoint_url: str | None = None,
     ) -> None:
         import boto3
         from botocore.config import Config
 
         self.bucket, self.prefix = bucket, prefix.strip("/")
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=endpoint_url,
-            region_name=region,
-            aws_access_key_id=access_key_id,
-            aws_secret_access_key=secret_access_key,
-            config=Config(
-                retries={"max_attempts": 3, "mode": "standard"},
-                connect_timeout=5,
-                read_timeout=60,
-                s3={"addressing_style": "path"},
-            ),
-        )
+
+        def client(endpoint: str | None) -> Any:
+            return boto3.client(
+                "s3",
+                endpoint_url=endpoint,
+                region_name=region,
+                aws_access_key_id=access_key_id,
+                aws_secret_access_key=secret_access_key,
+                config=Config(
+                    retries={"max_attempts": 3, "mode": "standard"},
+                    connect_timeout=5,
+                    read_timeout=60,
+                    s3={"addressing_style": "path"},
+                ),
+            )
+
+        self.client = client(endpoint_url)
+        # Signing needs no connection: a second client signs for the address clients use.
+        self._signer = client(public_endpoint_url) if public_endpoint_url else self.client
 
     def _key(self, key: str) -> str:
         if ".." in key.split("/") or key.startswith("/"):
