@@ -28,7 +28,12 @@ def make_celery(settings: Settings) -> Celery:
         task_routes={RUN_JOB: {"queue": settings.queue}},
         task_default_queue="default",
         beat_schedule={
-            "reap-stale-jobs": {"task": REAP_JOBS, "schedule": settings.reap_interval_s},
+            "reap-stale-jobs": {
+                "task": REAP_JOBS,
+                "schedule": settings.reap_interval_s,
+                # A busy worker must not find a pile of stale sweeps when it frees up.
+                "options": {"expires": settings.reap_interval_s},
+            },
         },
         worker_hijack_root_logger=False,
     )
