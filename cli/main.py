@@ -1,4 +1,6 @@
-"""``kdserve``: the command line. Engine commands run kdcore locally."""
+"""``kdserve``: the command line. Engine commands run kdcore locally; service commands run
+the server (``db``, ``keys``, ``api``, ``worker``, ``up``); ``teachers``, ``datasets`` and
+``jobs`` talk to a server over HTTP."""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ import warnings
 
 import typer
 
-from cli import engine
+from cli import engine, remote, service
 
 # torch.export.load warns about its own internals (LeafSpec); nothing a user can act on.
 warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
@@ -14,11 +16,13 @@ warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning
 app = typer.Typer(
     name="kdserve",
     help="Knowledge distillation: train teachers, distill students (KD, FitNets), "
-    "inspect, evaluate.",
+    "inspect, evaluate; run the kdserve service and talk to it.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
 engine.register(app)
+service.register(app)
+remote.register(app)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -1,0 +1,505 @@
+"""Remote commands: ``teachers``, ``datasets`` and ``jobs`` on a kdserve server, through
+:class:`client.KDServeClient`.
+
+Exit codes: 0 done; 1 the teacher/dataset turned out invalid or the job failed or was
+canceled; 2 the request was refused (the server's problem detail is printed) or the server
+could not be reached.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from cli.engine import _read_json, print_report
+
+if TYPE_CHECKING:
+    from client import KDServeClient
+
+err = Console(stderr=True, soft_wrap=True)  # one line per message, also in logs
+out = Console()
+
+teachers_app = typer.Typer(
+    help="Teachers on a kdserve server: upload, promote a job's student, list.",
+    no_args_is_help=True,
+)
+datasets_app = typer.Typer(help="Datasets on a kdserve server: upload, list.", no_args_is_help=True)
+jobs_app = typer.Typer(
+    help="Distillation jobs on a kdserve server: submit, watch, download.", no_args_is_help=True
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(teachers_app, name="teachers")
+    app.add_typer(datasets_app, name="datasets")
+    app.add_typer(jobs_app, name="jobs")
+
+
+UrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--url",
+        envvar="KDSERVE_URL",
+        help="The server's URL (default http://127.0.0.1:8000).",
+        show_default=False,
+    ),
+]
+KeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="KDSERVE_API_KEY",
+        help="API key (default: the file $KDSERVE_HOME/api-key that `kdserve up` writes).",
+        show_default=False,
+    ),
+]
+WaitOpt = Annotated[
+    bool, typer.Option("--wait", help="Wait until the server has validated it (ready/invalid).")
+]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds --wait waits at most.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+IdArg = Annotated[str, typer.Argument(help="The id.", show_default=False)]
+
+
+def make_client(url: str | None, api_key: str | None) -> KDServeClient:
+    """The client the commands use (tests replace this to talk to an in-process API)."""
+    from client import KDServeClient
+
+    return KDServeClient(url, api_key)
+
+
+# -- teachers ------------------------------------------------------------------------------
+
+
+@teachers_app.command("upload")
+def teachers_upload(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="Teacher weights: .safetensors, state-dict .pt/.pth (or .pt2/TorchScript "
+            "where the server allows code).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
+    input_shape: Annotated[
+        str, typer.Option("--input-shape", help="One sample's shape, e.g. 3,32,32.")
+    ],
+    classes: Annotated[int, typer.Option("--classes", help="Number of classes.")],
+    arch: Annotated[
+        Path | None,
+        typer.Option(
+            "--arch",
+            help="Architecture spec (JSON file); needed for weight-only formats.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="A name to recognise it by.")] = None,
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 600.0,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Upload a teacher (streamed); prints it as JSON."""
+    with _remote(url, api_key) as kd:
+        spec = _read_json(arch, "architecture") if arch else None
+        teacher = kd.upload_teacher(
+            file, arch=spec, input_shape=input_shape, num_classes=classes, name=name
+        )
+        if wait:
+            teacher = _wait_valid(kd, "teacher", teacher, timeout)
+    _print_asset(teacher, "teacher")
+
+
+@teachers_app.command("promote")
+def teachers_promote(
+    job_id: Annotated[str, typer.Argument(help="A succeeded job whose student becomes a teacher.")],
+    name: Annotated[str | None, typer.Option("--name", help="The teacher's name.")] = None,
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 600.0,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Make a succeeded job's student a teacher; prints it as JSON."""
+    with _remote(url, api_key) as kd:
+        teacher = kd.teacher_from_job(job_id, name=name)
+        if wait:
+            teacher = _wait_valid(kd, "teacher", teacher, timeout)
+    _print_asset(teacher, "teacher")
+
+
+@teachers_app.command("list")
+def teachers_list(as_json: JsonOpt = False, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+    """List your teachers, newest first."""
+    with _remote(url, api_key) as kd:
+        items = kd.list_teachers()
+    if as_json:
+        _print_json(items)
+        return
+    table = _table("id", "name", "status", "format", "input", "classes", "params", "size")
+    for t in items:
+        table.add_row(
+            t["id"],
+            escape(t["name"]),
+            _status(t["status"]),
+            t.get("format") or "-",
+            _shape(t.get("input_shape")),
+            str(t["num_classes"]),
+            f"{t['params']:,}" if t.get("params") is not None else "-",
+            _size(t["size"]),
+        )
+    _print_table(table)
+
+
+@teachers_app.command("get")
+def teachers_get(teacher_id: IdArg, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+    """One teacher as JSON (layers once validated)."""
+    with _remote(url, api_key) as kd:
+        _print_json(kd.get_teacher(teacher_id))
+
+
+# -- datasets ------------------------------------------------------------------------------
+
+
+@datasets_app.command("upload")
+def datasets_upload(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="A .npz (arrays x, y) or an image-folder archive (.zip, .tar, .tar.gz...).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ],
+    name: Annotated[str | None, typer.Option("--name", help="A name to recognise it by.")] = None,
+    wait: WaitOpt = False,
+    timeout: TimeoutOpt = 600.0,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Upload a dataset (streamed); prints it as JSON."""
+    with _remote(url, api_key) as kd:
+        dataset = kd.upload_dataset(file, name=name)
+        if wait:
+            dataset = _wait_valid(kd, "dataset", dataset, timeout)
+    _print_asset(dataset, "dataset")
+
+
+@datasets_app.command("list")
+def datasets_list(as_json: JsonOpt = False, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+    """List your datasets, newest first."""
+    with _remote(url, api_key) as kd:
+        items = kd.list_datasets()
+    if as_json:
+        _print_json(items)
+        return
+    table = _table("id", "name", "status", "samples", "input", "classes", "size")
+    for d in items:
+        table.add_row(
+            d["id"],
+            escape(d["name"]),
+            _status(d["status"]),
+            f"{d['samples']:,}" if d.get("samples") is not None else "-",
+            _shape(d.get("input_shape")),
+            str(len(d["classes"])) if d.get("classes") is not None else "-",
+            _size(d["size"]),
+        )
+    _print_table(table)
+
+
+@datasets_app.command("get")
+def datasets_get(dataset_id: IdArg, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+    """One dataset as JSON (samples, input shape and classes once validated)."""
+    with _remote(url, api_key) as kd:
+        _print_json(kd.get_dataset(dataset_id))
+
+
+# -- jobs ----------------------------------------------------------------------------------
+
+
+@jobs_app.command("submit")
+def jobs_submit(
+    dataset: Annotated[str, typer.Option("--dataset", help="Training dataset id.")],
+    student: Annotated[
+        Path,
+        typer.Option(
+            "--student", help="Student architecture spec (JSON file).", exists=True, dir_okay=False
+        ),
+    ],
+    config: Annotated[
+        Path,
+        typer.Option("--config", help="Training config (JSON file).", exists=True, dir_okay=False),
+    ],
+    teacher: Annotated[
+        str | None, typer.Option("--teacher", help="Teacher id (not for method scratch).")
+    ] = None,
+    val: Annotated[
+        str | None,
+        typer.Option("--val", help="Validation dataset id (default: the config's val_split)."),
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="A name for the job.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the job id.")] = False,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Submit a distillation job: prints it as JSON, then its id alone on the last line."""
+    with _remote(url, api_key) as kd:
+        job = kd.submit_job(
+            dataset_id=dataset,
+            student=_read_json(student, "student architecture"),
+            config=_read_json(config, "config"),
+            teacher_id=teacher,
+            val_dataset_id=val,
+            name=name,
+        )
+    if not quiet:
+        _print_json(job)
+        err.print(f"follow it with: kdserve jobs watch {job['id']}")
+    print(job["id"])
+
+
+@jobs_app.command("watch")
+def jobs_watch(
+    job_id: IdArg,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between polls.")] = 1.0,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Follow a job until it ends: exit 0 if it succeeded, 1 if it failed or was canceled."""
+    with _remote(url, api_key) as kd:
+        job = _watch(kd, job_id, interval)
+    _finish(job)
+
+
+@jobs_app.command("get")
+def jobs_get(job_id: IdArg, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+    """One job as JSON: status, stage, epoch, progress, latest metrics, error."""
+    with _remote(url, api_key) as kd:
+        _print_json(kd.get_job(job_id))
+
+
+@jobs_app.command("list")
+def jobs_list(
+    status: Annotated[
+        str | None,
+        typer.Option("--status", help="Only queued, running, succeeded, failed or canceled."),
+    ] = None,
+    as_json: JsonOpt = False,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """List your jobs, newest first."""
+    with _remote(url, api_key) as kd:
+        items = kd.list_jobs(status)
+    if as_json:
+        _print_json(items)
+        return
+    table = _table("id", "name", "status", "method", "stage", "progress", "created")
+    for j in items:
+        table.add_row(
+            j["id"],
+            escape(j["name"]),
+            _status(j["status"]),
+            j["method"],
+            _stage(j),
+            f"{j['progress']:.0%}",
+            j["created_at"][:19].replace("T", " "),
+        )
+    _print_table(table)
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(job_id: IdArg, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+    """Cancel a job: a queued one at once, a running one within seconds."""
+    with _remote(url, api_key) as kd:
+        job = kd.cancel_job(job_id)
+    _print_json(job)
+
+
+@jobs_app.command("download")
+def jobs_download(
+    job_id: IdArg,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Folder to write to (default ./<job id>).")
+    ] = None,
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Download every artifact of a job (student exports, report, metrics), then print the
+    report."""
+    folder = out_dir or Path(job_id)
+    with _remote(url, api_key) as kd:
+        paths = kd.download_all(job_id, folder)
+    if not paths:
+        err.print(f"job {escape(job_id)} has no artifacts yet")
+        raise typer.Exit(1)
+    for p in paths:
+        err.print(f"  {p}  ({_size(p.stat().st_size)})")
+    report = folder / "report.json"
+    if report.is_file():
+        print_report(json.loads(report.read_text()))
+    err.print(f"wrote {len(paths)} files to {folder}/")
+
+
+@jobs_app.command("report")
+def jobs_report(
+    job_id: IdArg, as_json: JsonOpt = False, url: UrlOpt = None, api_key: KeyOpt = None
+) -> None:
+    """A finished job's report: teacher vs student accuracy, size and latency."""
+    with _remote(url, api_key) as kd:
+        report = kd.job_report(job_id)
+    if as_json:
+        _print_json(report)
+    else:
+        print_report(report)
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+@contextmanager
+def _remote(url: str | None, api_key: str | None) -> Iterator[KDServeClient]:
+    """A client; refusals and unreachable servers become one line and exit code 2."""
+    from client import KDServeAPIError, KDServeClientError
+
+    try:
+        with make_client(url, api_key) as kd:
+            yield kd
+    except KDServeAPIError as exc:
+        err.print(f"[red]error:[/] {escape(exc.detail)} [dim](HTTP {exc.status} {exc.code})[/]")
+        if exc.status == 401:
+            err.print(
+                "pass --api-key or set KDSERVE_API_KEY (`kdserve up` saves one in "
+                ".kdserve/api-key; `kdserve keys create` makes more)"
+            )
+        raise typer.Exit(2) from None
+    except (KDServeClientError, ValueError, FileNotFoundError, TimeoutError) as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+
+
+def _wait_valid(
+    kd: KDServeClient, what: str, obj: dict[str, Any], timeout: float
+) -> dict[str, Any]:
+    err.print(f"waiting for {what} {obj['id']} to be validated...")
+    return kd.wait_for(f"{what}s", obj["id"], timeout=timeout)
+
+
+def _print_asset(obj: dict[str, Any], what: str) -> None:
+    _print_json(obj)
+    if obj["status"] == "invalid":
+        err.print(f"[red]error:[/] {what} {obj['id']} is invalid: {escape(obj.get('error') or '')}")
+        raise typer.Exit(1)
+
+
+def _watch(kd: KDServeClient, job_id: str, interval: float) -> dict[str, Any]:
+    """Poll until the job is final: a live bar on a terminal, else a line per change."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from client import FINAL_JOB_STATES
+
+    if not out.is_terminal:
+        last = ""
+        while True:
+            job = kd.get_job(job_id)
+            line = f"{_stage(job)} {job['progress']:.0%} {_metrics(job)}".strip()
+            if line != last:
+                print(line, flush=True)
+                last = line
+            if job["status"] in FINAL_JOB_STATES:
+                return job
+            time.sleep(interval)
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=out,
+    )
+    with bar:
+        task = bar.add_task(job_id[:8], total=1.0, info="")
+        while True:
+            job = kd.get_job(job_id)
+            bar.update(
+                task,
+                completed=job["progress"],
+                description=_stage(job),
+                info=escape(_metrics(job)),
+            )
+            if job["status"] in FINAL_JOB_STATES:
+                return job
+            time.sleep(interval)
+
+
+def _finish(job: dict[str, Any]) -> None:
+    if job["status"] == "succeeded":
+        err.print(f"job {job['id']} succeeded: kdserve jobs download {job['id']}")
+        return
+    error = job.get("error") or {}
+    reason = f"{error.get('code')}: {error.get('message')}" if error else "no error recorded"
+    err.print(f"[red]job {job['id']} {job['status']}:[/] {escape(reason)}")
+    raise typer.Exit(1)
+
+
+def _stage(job: dict[str, Any]) -> str:
+    if job["status"] != "running":
+        return str(job["status"])
+    parts = [job.get("stage") or "starting"]
+    if job.get("epoch") is not None:
+        parts.append(f"epoch {job['epoch']}")
+    return " ".join(parts)
+
+
+def _metrics(job: dict[str, Any]) -> str:
+    return " ".join(
+        f"{k}={v:.4g}"
+        for k, v in (job.get("metrics") or {}).items()
+        if k != "lr" and isinstance(v, int | float) and not isinstance(v, bool)
+    )
+
+
+def _table(*columns: str) -> Table:
+    table = Table()
+    for column in columns:
+        # Ids are what the next command needs: never cut or wrapped, whatever the width.
+        keep = {"id": 36, "size": 8, "created": 19}.get(column)
+        table.add_column(column, no_wrap=keep is not None, min_width=keep)
+    return table
+
+
+def _print_table(table: Table) -> None:
+    # Piped output has no width to fit: keep rows whole for grep and awk, not 80 columns.
+    (out if out.is_terminal else Console(width=200)).print(table)
+
+
+def _status(status: str) -> str:
+    color = {"ready": "green", "succeeded": "green", "invalid": "red", "failed": "red"}.get(status)
+    return f"[{color}]{status}[/]" if color else status
+
+
+def _shape(shape: list[int] | None) -> str:
+    return "×".join(map(str, shape)) if shape else "-"
+
+
+def _size(n: float) -> str:
+    units = ("B", "KB", "MB", "GB")
+    i = 0
+    while n >= 1000 and i < len(units) - 1:
+        n /= 1000
+        i += 1
+    return f"{int(n)} B" if i == 0 else f"{n:.1f} {units[i]}"
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
