@@ -19,9 +19,9 @@ def parse_shape(value: Any, field: str = "input_shape") -> list[int]:
             value = (
                 json.loads(text)
                 if text.startswith("[")
-                else [int(p) for p in text.replace("x", ",").split(",") if p.strip()]
+                else [int(p) for p in text.replace("x", ",").split(",")]
             )
-        except ValueError:
+        except ValueError:  # an empty or non-numeric part: "3,,32", "3,x"
             value = None
     if (
         not isinstance(value, list)
