@@ -6,7 +6,7 @@ KD := $(VENV)/bin/kdserve
 DEMO := demo-out
 E := examples/digits
 
-.PHONY: setup demo test test-fast lint format bench clean
+.PHONY: setup demo demo-cli test test-fast lint format bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,13 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# The service demo: embedded `kdserve up`, a scratch teacher, promotion, a FitNets student,
+# download and report; then the service stops.
 demo: setup
+	$(PY) examples/service_demo.py $(DEMO)
+
+# The same models through the engine's command line only (no service).
+demo-cli: setup
 	$(PY) examples/make_digits.py $(DEMO)
 	$(KD) train --arch $(E)/teacher.json --data $(DEMO)/digits-train.npz --val $(DEMO)/digits-test.npz \
 		--config $(E)/scratch.json --out $(DEMO)/teacher --fresh
@@ -36,7 +42,7 @@ test-fast: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy kdcore cli benchmarks tests examples
+	$(VENV)/bin/mypy kdcore cli api worker store client benchmarks tests examples
 
 format: setup
 	$(VENV)/bin/ruff format .
@@ -44,6 +50,7 @@ format: setup
 
 bench: setup
 	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/api_latency.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .mypy_cache .ruff_cache

@@ -26,10 +26,10 @@ class Scores(BaseModel):
 
 
 class Speed(BaseModel):
-    latency_ms: float  # median, batch 1
+    latency_ms: float  # median, batch 1, one thread
     throughput: float  # samples/s at ``batch_size``
     batch_size: int
-    threads: int
+    threads: int  # for the throughput figure
 
 
 @torch.no_grad()
@@ -91,17 +91,25 @@ def measure_speed(
     """CPU latency at batch 1 (median of ``runs``) and throughput at ``batch_size``.
 
     Measured on a CPU copy in eval mode, so a GPU job still reports what a CPU deployment
-    sees; the thread count is recorded with it since it changes the figures.
+    sees. Latency runs on one thread: batch-1 inference of a small model gains little from
+    more, and a busy machine (a training job beside it) makes multi-threaded timings of tiny
+    ops swing by orders of magnitude while one thread stays steady. Throughput uses torch's
+    thread count, recorded with it.
     """
     cpu = copy.deepcopy(model).cpu().eval()
     one = torch.zeros(1, *input_shape)
-    for _ in range(warmup):
-        cpu(one)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        cpu(one)
-        times.append(time.perf_counter() - t0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(warmup):
+            cpu(one)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            cpu(one)
+            times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(threads)
     batch = torch.zeros(batch_size, *input_shape)
     cpu(batch)
     n, t0 = 0, time.perf_counter()
@@ -112,5 +120,5 @@ def measure_speed(
         latency_ms=statistics.median(times) * 1000,
         throughput=n / elapsed,
         batch_size=batch_size,
-        threads=torch.get_num_threads(),
+        threads=threads,
     )

@@ -22,8 +22,8 @@ class ModelReport(BaseModel):
     params: int
     macs: int
     size_bytes: int
-    latency_ms: float  # CPU, batch 1, median
-    throughput: float  # CPU samples/s at batch 256
+    latency_ms: float  # CPU, batch 1, one thread, median of 50
+    throughput: float  # CPU samples/s at batch 256 on cpu_threads threads
 
 
 class DataReport(BaseModel):
