@@ -21,7 +21,6 @@ import asyncio
 import io
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,25 +57,48 @@ def services(workdir: Path) -> Iterator[tuple[str, dict[str, str], str]]:
     with psycopg.connect(PG + "/postgres", autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{db}"')
     port = free_port()
-    env = {**os.environ,
-           "KDSERVE_HOME": str(workdir),
-           "KDSERVE_DATABASE_URL": PG.replace("postgresql://", "postgresql+psycopg://") + f"/{db}",
-           "KDSERVE_BROKER_URL": REDIS,
-           "KDSERVE_STORAGE_URL": (workdir / "storage").as_uri(),
-           "KDSERVE_QUEUE": f"bench-{uuid.uuid4().hex[:8]}",
-           "KDSERVE_API_PORT": str(port)}
+    env = {
+        **os.environ,
+        "KDSERVE_HOME": str(workdir),
+        "KDSERVE_DATABASE_URL": PG.replace("postgresql://", "postgresql+psycopg://") + f"/{db}",
+        "KDSERVE_BROKER_URL": REDIS,
+        "KDSERVE_STORAGE_URL": (workdir / "storage").as_uri(),
+        "KDSERVE_QUEUE": f"bench-{uuid.uuid4().hex[:8]}",
+        "KDSERVE_API_PORT": str(port),
+    }
     procs: list[subprocess.Popen[bytes]] = []
     try:
         subprocess.run([KDSERVE, "db", "upgrade"], env=env, check=True, capture_output=True)
-        key = subprocess.run([KDSERVE, "keys", "create", "--tenant", "bench"], env=env,
-                             check=True, capture_output=True, text=True).stdout.strip()
+        key = subprocess.run(
+            [KDSERVE, "keys", "create", "--tenant", "bench"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         log = (workdir / "api.log").open("wb")
-        procs.append(subprocess.Popen([KDSERVE, "api", "--port", str(port)], env=env,
-                                      stdout=log, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [KDSERVE, "api", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        )
         wlog = (workdir / "worker.log").open("wb")
-        procs.append(subprocess.Popen(
-            [KDSERVE, "worker", "--queues", f"{env['KDSERVE_QUEUE']},default",
-             "--concurrency", "1", "--no-beat"], env=env, stdout=wlog, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [
+                    KDSERVE,
+                    "worker",
+                    "--queues",
+                    f"{env['KDSERVE_QUEUE']},default",
+                    "--concurrency",
+                    "1",
+                    "--no-beat",
+                ],
+                env=env,
+                stdout=wlog,
+                stderr=subprocess.STDOUT,
+            )
+        )
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -111,8 +133,7 @@ def redis_flush() -> None:
 def ready_dataset(client: httpx.Client) -> str:
     buf = io.BytesIO()
     rng = np.random.default_rng(0)
-    np.savez(buf, x=rng.integers(0, 255, (512, 1, 8, 8), dtype=np.uint8),
-             y=np.arange(512) % 4)
+    np.savez(buf, x=rng.integers(0, 255, (512, 1, 8, 8), dtype=np.uint8), y=np.arange(512) % 4)
     ds = client.post("/v1/datasets", files={"file": ("bench.npz", buf.getvalue())}).json()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -125,8 +146,11 @@ def ready_dataset(client: httpx.Client) -> str:
 
 
 def job_body(dataset_id: str, epochs: int = 1) -> dict[str, Any]:
-    return {"dataset_id": dataset_id, "student": {"family": "mlp", "hidden": [16]},
-            "config": {"method": "scratch", "epochs": epochs, "batch_size": 64}}
+    return {
+        "dataset_id": dataset_id,
+        "student": {"family": "mlp", "hidden": [16]},
+        "config": {"method": "scratch", "epochs": epochs, "batch_size": 64},
+    }
 
 
 def measure(args: argparse.Namespace) -> None:
@@ -151,15 +175,24 @@ def measure(args: argparse.Namespace) -> None:
                 r = client.get(f"/v1/jobs/{ids[i % len(ids)]}")
                 get_ms.append((time.perf_counter() - t0) * 1000)
                 assert r.status_code == 200
-        print(f"POST /v1/jobs      n={len(post_ms):4d}  p50 {pct(post_ms, 50):7.2f} ms  "
-              f"p99 {pct(post_ms, 99):7.2f} ms", flush=True)
-        print(f"GET  /v1/jobs/{{id}} n={len(get_ms):4d}  p50 {pct(get_ms, 50):7.2f} ms  "
-              f"p99 {pct(get_ms, 99):7.2f} ms", flush=True)
+        print(
+            f"POST /v1/jobs      n={len(post_ms):4d}  p50 {pct(post_ms, 50):7.2f} ms  "
+            f"p99 {pct(post_ms, 99):7.2f} ms",
+            flush=True,
+        )
+        print(
+            f"GET  /v1/jobs/{{id}} n={len(get_ms):4d}  p50 {pct(get_ms, 50):7.2f} ms  "
+            f"p99 {pct(get_ms, 99):7.2f} ms",
+            flush=True,
+        )
 
         lat, errors, count = asyncio.run(poll_storm(url, headers, ids, args.pollers, args.seconds))
-        print(f"polling: {args.pollers} concurrent clients for {args.seconds:.0f} s: "
-              f"{count / args.seconds:.0f} req/s, p50 {pct(lat, 50):.2f} ms, "
-              f"p99 {pct(lat, 99):.2f} ms, errors {errors}", flush=True)
+        print(
+            f"polling: {args.pollers} concurrent clients for {args.seconds:.0f} s: "
+            f"{count / args.seconds:.0f} req/s, p50 {pct(lat, 50):.2f} ms, "
+            f"p99 {pct(lat, 99):.2f} ms, errors {errors}",
+            flush=True,
+        )
 
         with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
             server, seen = [], []
@@ -177,9 +210,12 @@ def measure(args: argparse.Namespace) -> None:
                 created = datetime.fromisoformat(body["created_at"])
                 server.append((started - created).total_seconds() * 1000)
                 client.post(f"/v1/jobs/{job['id']}/cancel")
-        print(f"submit-to-running (idle worker) n={len(server)}: created→started_at p50 "
-              f"{pct(server, 50):.0f} ms (max {max(server):.0f}); seen by a 10 ms poller p50 "
-              f"{pct(seen, 50):.0f} ms", flush=True)
+        print(
+            f"submit-to-running (idle worker) n={len(server)}: created→started_at p50 "
+            f"{pct(server, 50):.0f} ms (max {max(server):.0f}); seen by a 10 ms poller p50 "
+            f"{pct(seen, 50):.0f} ms",
+            flush=True,
+        )
 
 
 def wait_idle(client: httpx.Client) -> None:
@@ -191,14 +227,16 @@ def wait_idle(client: httpx.Client) -> None:
         time.sleep(0.2)
 
 
-async def poll_storm(url: str, headers: dict[str, str], ids: list[str], clients: int,
-                     seconds: float) -> tuple[list[float], int, int]:
+async def poll_storm(
+    url: str, headers: dict[str, str], ids: list[str], clients: int, seconds: float
+) -> tuple[list[float], int, int]:
     latencies: list[float] = []
     errors = 0
     stop = time.monotonic() + seconds
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30, limits=limits) as c:
+
         async def poller(n: int) -> None:
             nonlocal errors
             i = n
@@ -218,15 +256,18 @@ async def poll_storm(url: str, headers: dict[str, str], ids: list[str], clients:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--submits", type=int, default=200)
     ap.add_argument("--pollers", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--starts", type=int, default=10)
     args = ap.parse_args()
-    print(f"{os.cpu_count()} CPUs; API: 1 uvicorn process; PostgreSQL and Redis on loopback",
-          flush=True)
+    print(
+        f"{os.cpu_count()} CPUs; API: 1 uvicorn process; PostgreSQL and Redis on loopback",
+        flush=True,
+    )
     measure(args)
 
 

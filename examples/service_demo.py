@@ -51,8 +51,9 @@ def main(out: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KDSERVE_")}
     env |= {"KDSERVE_HOME": str(home), "KDSERVE_API_PORT": str(port)}
-    subprocess.run([sys.executable, str(ROOT / "examples" / "make_digits.py"), str(out)],
-                   check=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "make_digits.py"), str(out)], check=True
+    )
 
     step(f"starting the embedded service (kdserve up) in {home}")
     home.mkdir(parents=True)
@@ -78,26 +79,36 @@ def main(out: Path) -> None:
         val = kd.upload_dataset(out / "digits-test.npz", name="digits test")
         for d in (train, val):
             ready = kd.wait_for("datasets", d["id"], timeout=300)
-            print(f"dataset {ready['name']}: {ready['status']}, {ready['samples']} samples of "
-                  f"{ready['input_shape']}, classes {ready['classes']}")
+            print(
+                f"dataset {ready['name']}: {ready['status']}, {ready['samples']} samples of "
+                f"{ready['input_shape']}, classes {ready['classes']}"
+            )
         data = {"dataset_id": train["id"], "val_dataset_id": val["id"]}
 
         step("training the teacher (scratch job)")
         teacher_job = kd.submit_job(
-            student=json.loads((EXAMPLES / "teacher.json").read_text()), name="digits teacher",
-            config=json.loads((EXAMPLES / "scratch.json").read_text()), **data)
+            student=json.loads((EXAMPLES / "teacher.json").read_text()),
+            name="digits teacher",
+            config=json.loads((EXAMPLES / "scratch.json").read_text()),
+            **data,
+        )
         kdserve("jobs", "watch", teacher_job["id"], env=env)
 
         step("promoting the finished job's model to a teacher")
-        teacher = kd.wait_for("teachers", kd.teacher_from_job(teacher_job["id"])["id"],
-                              timeout=300)
-        print(f"teacher {teacher['id']}: {teacher['status']}, {teacher['params']:,} parameters, "
-              f"{len(teacher['layers'])} layers")
+        teacher = kd.wait_for("teachers", kd.teacher_from_job(teacher_job["id"])["id"], timeout=300)
+        print(
+            f"teacher {teacher['id']}: {teacher['status']}, {teacher['params']:,} parameters, "
+            f"{len(teacher['layers'])} layers"
+        )
 
         step("distilling a smaller student by FitNets (hint relu1 → guided relu2, then KD)")
-        job = kd.submit_job(student=json.loads((EXAMPLES / "student.json").read_text()),
-                            teacher_id=teacher["id"], name="digits student",
-                            config=json.loads((EXAMPLES / "fitnet.json").read_text()), **data)
+        job = kd.submit_job(
+            student=json.loads((EXAMPLES / "student.json").read_text()),
+            teacher_id=teacher["id"],
+            name="digits student",
+            config=json.loads((EXAMPLES / "fitnet.json").read_text()),
+            **data,
+        )
         kdserve("jobs", "watch", job["id"], env=env)
 
         step("downloading the student and its report")
@@ -109,8 +120,10 @@ def main(out: Path) -> None:
             service.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(service.pid, signal.SIGKILL)
-    print(f"\nThe student is in {out / 'student'}; load it with "
-          f"kdcore.export.load_student('{out / 'student'}').")
+    print(
+        f"\nThe student is in {out / 'student'}; load it with "
+        f"kdcore.export.load_student('{out / 'student'}')."
+    )
 
 
 if __name__ == "__main__":

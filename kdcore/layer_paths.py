@@ -59,12 +59,18 @@ def _mlp(spec: MlpSpec) -> list[str]:
 def _residual(depth: int, *, projection: bool, wide: bool, width: int = 1) -> list[str]:
     n = (depth - 4) // 6 if wide else (depth - 2) // 6
     if wide:
-        paths, stage, block = ["conv1"], "block", ["bn1", "relu1", "conv1", "bn2", "relu2",
-                                                    "dropout", "conv2"]
+        paths, stage, block = (
+            ["conv1"],
+            "block",
+            ["bn1", "relu1", "conv1", "bn2", "relu2", "dropout", "conv2"],
+        )
         in_ch, widths = 16, [16 * width, 32 * width, 64 * width]
     else:
-        paths, stage, block = ["conv1", "bn1", "relu"], "layer", ["conv1", "bn1", "relu1",
-                                                                   "conv2", "bn2"]
+        paths, stage, block = (
+            ["conv1", "bn1", "relu"],
+            "layer",
+            ["conv1", "bn1", "relu1", "conv2", "bn2"],
+        )
         in_ch, widths = 16, [16, 32, 64]  # width scales all stages alike: same projections
     for s, w in enumerate(widths, start=1):
         paths.append(f"{stage}{s}")

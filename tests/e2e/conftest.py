@@ -17,8 +17,11 @@ REDIS_URL = "redis://127.0.0.1:6379/12"
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("digits")
-    subprocess.run([sys.executable, str(ROOT / "examples" / "make_digits.py"), str(out)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "make_digits.py"), str(out)],
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -27,8 +30,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """API + worker on Postgres, Redis and an S3 server, for a whole test module."""
     home = tmp_path_factory.mktemp("stack")
     with fresh_database("kdserve_e2e") as db_url, moto_s3() as s3:
-        env = service_env(home, database_url=db_url, broker_url=REDIS_URL, port=free_port(),
-                          extra=s3)
+        env = service_env(
+            home, database_url=db_url, broker_url=REDIS_URL, port=free_port(), extra=s3
+        )
         stack = Stack(home=home, env=env, port=int(env["KDSERVE_API_PORT"]))
         stack.run("db", "upgrade")
         stack.start_api()

@@ -34,8 +34,9 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     def run(self, *args: str) -> str:
-        done = subprocess.run([KDSERVE, *args], env=self.env, capture_output=True, text=True,
-                              timeout=120, check=False)
+        done = subprocess.run(
+            [KDSERVE, *args], env=self.env, capture_output=True, text=True, timeout=120, check=False
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 
@@ -53,8 +54,20 @@ class Stack:
         raise RuntimeError(self.log("api"))
 
     def start_worker(self, name: str = "worker") -> None:
-        self._spawn(name, [KDSERVE, "worker", "--queues", f"{self.env['KDSERVE_QUEUE']},default",
-                           "--concurrency", "1", "--max-tasks-per-child", "1", "--beat"])
+        self._spawn(
+            name,
+            [
+                KDSERVE,
+                "worker",
+                "--queues",
+                f"{self.env['KDSERVE_QUEUE']},default",
+                "--concurrency",
+                "1",
+                "--max-tasks-per-child",
+                "1",
+                "--beat",
+            ],
+        )
 
     def kill(self, name: str) -> None:
         """SIGKILL the process and every process in its group (the Celery pool child too)."""
@@ -83,16 +96,18 @@ class Stack:
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = (self.home / f"{name}.log").open("ab")
         # A process group of its own, so a kill reaches Celery's pool children as well.
-        self.procs[name] = subprocess.Popen(argv, env=self.env, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def _check_alive(self, name: str) -> None:
         if self.procs[name].poll() is not None:
             raise RuntimeError(f"{name} exited:\n{self.log(name)}")
 
 
-def service_env(home: Path, *, database_url: str, broker_url: str, port: int,
-                extra: dict[str, str]) -> dict[str, str]:
+def service_env(
+    home: Path, *, database_url: str, broker_url: str, port: int, extra: dict[str, str]
+) -> dict[str, str]:
     keep = {k: v for k, v in os.environ.items() if not k.startswith("KDSERVE_")}
     return {
         **keep,

@@ -22,11 +22,21 @@ pytestmark = pytest.mark.slow
 DIGITS = ROOT / "examples" / "digits"
 TEACHER = json.loads((DIGITS / "teacher.json").read_text())
 STUDENT = json.loads((DIGITS / "student.json").read_text())
-ARTIFACTS = {"student.safetensors", "student.json", "student.torchscript.pt", "student.pt2",
-             "student.onnx", "report.json", "metrics.jsonl", "checkpoint.pt"}
+ARTIFACTS = {
+    "student.safetensors",
+    "student.json",
+    "student.torchscript.pt",
+    "student.pt2",
+    "student.onnx",
+    "report.json",
+    "metrics.jsonl",
+    "checkpoint.pt",
+}
 
 
-def _wait(client: KDServeClient, job_id: str, *, until: Any, timeout: float = 240) -> dict[str, Any]:
+def _wait(
+    client: KDServeClient, job_id: str, *, until: Any, timeout: float = 240
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = client.get_job(job_id)
@@ -51,19 +61,38 @@ def data(alice: KDServeClient, digits: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def finished(stack: Stack, alice: KDServeClient, data: dict[str, str],
-             tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def finished(
+    stack: Stack,
+    alice: KDServeClient,
+    data: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, Any]:
     """Teacher by scratch → promoted → FitNets student; the whole user flow once."""
-    teacher_job = alice.submit_job(student=TEACHER, name="teacher", config={
-        "method": "scratch", "epochs": 6, "batch_size": 64}, **data)
+    teacher_job = alice.submit_job(
+        student=TEACHER,
+        name="teacher",
+        config={"method": "scratch", "epochs": 6, "batch_size": 64},
+        **data,
+    )
     done = alice.wait_for("jobs", teacher_job["id"], timeout=300)
     assert done["status"] == "succeeded", done
     teacher = alice.teacher_from_job(teacher_job["id"], name="digits teacher")
     teacher = alice.wait_for("teachers", teacher["id"], timeout=120)
     assert teacher["status"] == "ready", teacher
-    job = alice.submit_job(student=STUDENT, teacher_id=teacher["id"], name="student", config={
-        "method": "fitnet", "epochs": 4, "batch_size": 64, "temperature": 4, "alpha": 0.1,
-        "hint": {"teacher_layer": "relu1", "student_layer": "relu2", "epochs": 2}}, **data)
+    job = alice.submit_job(
+        student=STUDENT,
+        teacher_id=teacher["id"],
+        name="student",
+        config={
+            "method": "fitnet",
+            "epochs": 4,
+            "batch_size": 64,
+            "temperature": 4,
+            "alpha": 0.1,
+            "hint": {"teacher_layer": "relu1", "student_layer": "relu2", "epochs": 2},
+        },
+        **data,
+    )
     done = alice.wait_for("jobs", job["id"], timeout=300)
     assert done["status"] == "succeeded", (done, stack.log("worker"))
     out = tmp_path_factory.mktemp("download")
@@ -97,9 +126,12 @@ def test_another_tenant_sees_nothing(stack: Stack, finished: dict[str, Any]) -> 
     job_id = finished["job"]["id"]
     assert bob.list_jobs() == []
     assert bob.list_teachers() == []
-    for call in (lambda: bob.get_job(job_id), lambda: bob.list_artifacts(job_id),
-                 lambda: bob.job_report(job_id),
-                 lambda: bob.get_teacher(finished["teacher"]["id"])):
+    for call in (
+        lambda: bob.get_job(job_id),
+        lambda: bob.list_artifacts(job_id),
+        lambda: bob.job_report(job_id),
+        lambda: bob.get_teacher(finished["teacher"]["id"]),
+    ):
         with pytest.raises(KDServeAPIError) as info:
             call()
         assert info.value.status == 404
@@ -107,8 +139,13 @@ def test_another_tenant_sees_nothing(stack: Stack, finished: dict[str, Any]) -> 
 
 def _objects(stack: Stack, prefix: str) -> list[str]:
     env = stack.env
-    s3 = boto3.client("s3", endpoint_url=env["KDSERVE_S3_ENDPOINT_URL"], region_name="us-east-1",
-                      aws_access_key_id="test", aws_secret_access_key="test")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=env["KDSERVE_S3_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
     bucket = env["KDSERVE_STORAGE_URL"].split("/")[2]
     found = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
     return [o["Key"] for o in found]
@@ -117,8 +154,9 @@ def _objects(stack: Stack, prefix: str) -> list[str]:
 def test_cancel_stops_a_running_job_and_keeps_its_checkpoint(
     stack: Stack, alice: KDServeClient, data: dict[str, str], finished: dict[str, Any]
 ) -> None:
-    job = alice.submit_job(student=STUDENT, config={"method": "scratch", "epochs": 500,
-                                                    "batch_size": 64}, **data)
+    job = alice.submit_job(
+        student=STUDENT, config={"method": "scratch", "epochs": 500, "batch_size": 64}, **data
+    )
     _wait(alice, job["id"], until=lambda j: j["status"] == "running" and (j["epoch"] or 0) >= 2)
     asked = time.monotonic()
     alice.cancel_job(job["id"])
@@ -126,21 +164,25 @@ def test_cancel_stops_a_running_job_and_keeps_its_checkpoint(
     assert done["status"] == "canceled"
     assert time.monotonic() - asked < 10
     assert alice.list_artifacts(job["id"]) == []
-    assert any(k.endswith(f"jobs/{job['id']}/work/checkpoint.pt")
-               for k in _objects(stack, "artifacts/tenants/"))
+    assert any(
+        k.endswith(f"jobs/{job['id']}/work/checkpoint.pt")
+        for k in _objects(stack, "artifacts/tenants/")
+    )
 
 
 def test_sigkilled_worker_resumes_and_finishes_with_one_set_of_artifacts(
     stack: Stack, alice: KDServeClient, data: dict[str, str], finished: dict[str, Any]
 ) -> None:
-    job = alice.submit_job(student=STUDENT, config={"method": "scratch", "epochs": 40,
-                                                    "batch_size": 64}, **data)
+    job = alice.submit_job(
+        student=STUDENT, config={"method": "scratch", "epochs": 40, "batch_size": 64}, **data
+    )
     _wait(alice, job["id"], until=lambda j: j["status"] == "running" and (j["epoch"] or 0) >= 3)
     stack.kill("worker")
     killed_at = alice.get_job(job["id"])["epoch"]
     stack.start_worker("worker2")
-    done = _wait(alice, job["id"], until=lambda j: j["status"] in ("succeeded", "failed"),
-                 timeout=300)
+    done = _wait(
+        alice, job["id"], until=lambda j: j["status"] in ("succeeded", "failed"), timeout=300
+    )
     assert done["status"] == "succeeded", (done, stack.log("worker2"))
     assert done["attempts"] == 2
     names = [a["name"] for a in alice.list_artifacts(job["id"])]
@@ -149,8 +191,11 @@ def test_sigkilled_worker_resumes_and_finishes_with_one_set_of_artifacts(
     keys = _objects(stack, "artifacts/tenants/")
     assert len([k for k in keys if k.endswith(f"{job['id']}/artifacts/student.safetensors")]) == 1
     # It resumed: the epochs before the kill were not trained again from scratch.
-    rows = [json.loads(line) for line in
-            alice.download_artifact(job["id"], "metrics.jsonl",
-                                    stack.home / "m.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in alice.download_artifact(job["id"], "metrics.jsonl", stack.home / "m.jsonl")
+        .read_text()
+        .splitlines()
+    ]
     assert [r["epoch"] for r in rows] == list(range(1, 41))
     assert killed_at >= 3
