@@ -57,12 +57,16 @@ def main() -> None:
         help="none lets kdcore compute the teacher's logits once per stage",
     )
     ap.add_argument("--only", choices=["teacher", "scratch", "kd", "fitnet"], nargs="+")
+    ap.add_argument("--student", type=Path, default=EXAMPLES / "student.json")
+    ap.add_argument("--hint-layer", default="c2_relu", help="teacher layer (the hint)")
+    ap.add_argument("--guided-layer", default="c2b_relu", help="student layer (guided)")
+    ap.add_argument("--prefix", default="", help="prefix of the run folders (variants)")
     args = ap.parse_args()
 
     train = load(DATA / "cifar10-train.tar.gz", args.out / "cache" / "train.pt")
     test = load(DATA / "cifar10-test.zip", args.out / "cache" / "test.pt")
     teacher_spec = json.loads((EXAMPLES / "teacher.json").read_text())
-    student_spec = json.loads((EXAMPLES / "student.json").read_text())
+    student_spec = json.loads(args.student.read_text())
     common = {
         "batch_size": 128,
         "optimizer": "sgd",
@@ -91,7 +95,11 @@ def main() -> None:
     )
     teacher = TeacherFile(args.out / "teacher" / "student.safetensors", teacher_spec)
     kd = {"temperature": args.temperature, "alpha": args.alpha}
-    hint = {"teacher_layer": "c2_relu", "student_layer": "c2b_relu", "epochs": args.hint_epochs}
+    hint = {
+        "teacher_layer": args.hint_layer,
+        "student_layer": args.guided_layer,
+        "epochs": args.hint_epochs,
+    }
     if args.hint_lr is not None:
         hint["lr"] = args.hint_lr
     methods = {
