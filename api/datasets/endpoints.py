@@ -8,7 +8,7 @@ from starlette.datastructures import UploadFile
 
 from api.kit.deps import ServicesDep, SessionDep, TenantDep, parse_id
 from api.kit.errors import Invalid, NotFound, UnsupportedMediaType, problems
-from api.kit.pagination import decode_cursor, encode_cursor
+from api.kit.pagination import decode_cursor, split_page
 from api.kit.schemas import DEFAULT_PAGE, MAX_PAGE
 from api.kit.uploads import iter_upload_file, stream_to_storage
 from store.repositories.catalog import DatasetRepository
@@ -104,10 +104,8 @@ def list_datasets(
     rows = DatasetRepository(session, tenant.id).list_page(
         after=decode_cursor(cursor) if cursor else None, limit=limit
     )
-    nxt = (
-        encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
-    )
-    return DatasetList(items=[service.to_public(d) for d in rows[:limit]], next_cursor=nxt)
+    page, nxt = split_page(rows, limit)
+    return DatasetList(items=[service.to_public(d) for d in page], next_cursor=nxt)
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, responses=problems(401, 404))

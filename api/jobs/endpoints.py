@@ -8,7 +8,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
 from api.kit.deps import ServicesDep, SessionDep, TenantDep, parse_id
 from api.kit.errors import Conflict, NotFound, Unavailable, problems
-from api.kit.pagination import decode_cursor, encode_cursor
+from api.kit.pagination import decode_cursor, split_page
 from api.kit.schemas import DEFAULT_PAGE, MAX_PAGE
 from store.blobs import StorageError
 from store.models import Job, JobStatus, Tenant
@@ -71,10 +71,8 @@ def list_jobs(
     rows = JobRepository(session, tenant.id).list_page(
         status=status, after=decode_cursor(cursor) if cursor else None, limit=limit
     )
-    nxt = (
-        encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
-    )
-    return JobList(items=[service.to_public(j) for j in rows[:limit]], next_cursor=nxt)
+    page, nxt = split_page(rows, limit)
+    return JobList(items=[service.to_public(j) for j in page], next_cursor=nxt)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=problems(401, 404))

@@ -9,7 +9,7 @@ from starlette.datastructures import UploadFile
 
 from api.kit.deps import ServicesDep, SessionDep, TenantDep, parse_id
 from api.kit.errors import Invalid, NotFound, UnsupportedMediaType, problems
-from api.kit.pagination import decode_cursor, encode_cursor
+from api.kit.pagination import decode_cursor, split_page
 from api.kit.schemas import DEFAULT_PAGE, MAX_PAGE, parse_json_object, parse_shape
 from api.kit.uploads import iter_upload_file, stream_to_storage
 from store.repositories.catalog import TeacherRepository
@@ -129,10 +129,8 @@ def list_teachers(
     rows = TeacherRepository(session, tenant.id).list_page(
         after=decode_cursor(cursor) if cursor else None, limit=limit
     )
-    nxt = (
-        encode_cursor(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
-    )
-    return TeacherList(items=[service.to_public(t) for t in rows[:limit]], next_cursor=nxt)
+    page, nxt = split_page(rows, limit)
+    return TeacherList(items=[service.to_public(t) for t in page], next_cursor=nxt)
 
 
 @router.get("/{teacher_id}", response_model=TeacherPublic, responses=problems(401, 404))
