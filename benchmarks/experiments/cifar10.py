@@ -113,7 +113,7 @@ def main() -> None:
             continue
         reports = [
             run_job(
-                f"{method}-seed{seed}",
+                f"{args.prefix}{method}-seed{seed}",
                 args.out,
                 spec=student_spec,
                 train=train,
