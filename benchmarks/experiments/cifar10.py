@@ -61,6 +61,13 @@ def main() -> None:
     ap.add_argument("--hint-layer", default="c2_relu", help="teacher layer (the hint)")
     ap.add_argument("--guided-layer", default="c2b_relu", help="student layer (guided)")
     ap.add_argument("--prefix", default="", help="prefix of the run folders (variants)")
+    ap.add_argument(
+        "--train-subset",
+        type=int,
+        default=None,
+        help="train students on this many images (stratified); the teacher keeps "
+        "all 50,000 (a transfer set smaller than the teacher's data)",
+    )
     args = ap.parse_args()
 
     train = load(DATA / "cifar10-train.tar.gz", args.out / "cache" / "train.pt")
@@ -94,6 +101,9 @@ def main() -> None:
         },
     )
     teacher = TeacherFile(args.out / "teacher" / "student.safetensors", teacher_spec)
+    student_train = train
+    if args.train_subset:
+        _, student_train = train.split(args.train_subset / len(train), seed=1234)
     kd = {"temperature": args.temperature, "alpha": args.alpha}
     hint = {
         "teacher_layer": args.hint_layer,
@@ -116,7 +126,7 @@ def main() -> None:
                 f"{args.prefix}{method}-seed{seed}",
                 args.out,
                 spec=student_spec,
-                train=train,
+                train=student_train,
                 test=test,
                 teacher=None if method == "scratch" else teacher,
                 config={
