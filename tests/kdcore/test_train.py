@@ -220,3 +220,48 @@ def test_batch_larger_than_data_is_refused(tmp_path: Path) -> None:
             train_data=image_data(),
             out_dir=tmp_path,
         )
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"optimizer": "sgd", "nesterov": True, "schedule": "multistep"},
+        {"optimizer": "adam", "lr": 1e-3, "schedule": "constant"},
+        {"optimizer": "adamw", "lr": 1e-3},
+        {"optimizer": "rmsprop", "lr": 1e-3},
+        {"precision": "bf16"},
+        {"augment": "crop_flip"},
+    ],
+    ids=lambda o: "-".join(str(v) for v in o.values()),
+)
+def test_optimizers_schedules_precision_and_augmentation_train(
+    tmp_path: Path, overrides: dict[str, object]
+) -> None:
+    result = train(
+        student_spec=cnn(),
+        config=DistillConfig(**config(epochs=3, **overrides)),
+        train_data=image_data(),
+        out_dir=tmp_path,
+    )
+    rows = result.history
+    assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in rows)
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+
+
+def test_multistep_schedule_drops_the_learning_rate_at_its_milestones(tmp_path: Path) -> None:
+    cfg = DistillConfig(**config(epochs=4, schedule="multistep", milestones=[0.5], gamma=0.1))
+    rows = train(student_spec=cnn(), config=cfg, train_data=image_data(), out_dir=tmp_path).history
+    assert rows[0]["lr"] == pytest.approx(0.05)
+    assert rows[-1]["lr"] == pytest.approx(0.005)
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(RuntimeError, match="no CUDA GPU"):
+        train(
+            student_spec=cnn(),
+            config=DistillConfig(**config(device="cuda")),
+            train_data=image_data(),
+            out_dir=tmp_path,
+        )
