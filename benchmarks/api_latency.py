@@ -194,10 +194,16 @@ def measure(args: argparse.Namespace) -> None:
             flush=True,
         )
 
+        # The canceled jobs of phase 1 left their messages queued; each would cost the worker a
+        # fresh child to find nothing to do. Drop them so phase 4 starts with an idle worker.
+        import redis
+
+        redis.Redis.from_url(REDIS).delete(env["KDSERVE_QUEUE"])
         with httpx.Client(base_url=url, headers=headers, timeout=30) as client:
             server, seen = [], []
             for _ in range(args.starts):
                 wait_idle(client)
+                time.sleep(args.settle)  # the last job's child exits; a fresh one is forked
                 t0 = time.perf_counter()
                 job = client.post("/v1/jobs", json=job_body(dataset, epochs=50)).json()
                 while True:
@@ -206,6 +212,8 @@ def measure(args: argparse.Namespace) -> None:
                         break
                     time.sleep(0.01)
                 seen.append((time.perf_counter() - t0) * 1000)
+                if body["started_at"] is None:
+                    raise RuntimeError(f"job did not start: {body['status']} {body['error']}")
                 started = datetime.fromisoformat(body["started_at"])
                 created = datetime.fromisoformat(body["created_at"])
                 server.append((started - created).total_seconds() * 1000)
@@ -263,6 +271,12 @@ def main() -> None:
     ap.add_argument("--pollers", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--starts", type=int, default=10)
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=5.0,
+        help="seconds the worker stays idle before each submit-to-running sample",
+    )
     args = ap.parse_args()
     print(
         f"{os.cpu_count()} CPUs; API: 1 uvicorn process; PostgreSQL and Redis on loopback",
