@@ -154,7 +154,8 @@ def main() -> None:
     )
     ap.add_argument("--samples", type=int, default=6144)
     ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=2, help="alternate the two loops this often")
+    ap.add_argument("--rounds", type=int, default=3, help="alternate the two loops this often")
+    ap.add_argument("--methods", nargs="+", default=["kd", "hint"], choices=["kd", "hint"])
     args = ap.parse_args()
     ds = data(args.samples)
     torch.manual_seed(1)
@@ -165,13 +166,22 @@ def main() -> None:
         f"{args.rounds} alternating rounds",
         flush=True,
     )
-    for method in ("kd", "hint"):
+    for method in args.methods:
         ours: list[float] = []
         theirs: list[float] = []
-        for _ in range(args.rounds):  # alternate so drift in machine load hits both sides
-            theirs += hand_written(method, ds, teacher, args.epochs)[1:]
+        for r in range(args.rounds):
+            # Alternate which loop goes first, so drift in machine speed hits both sides.
+            if r % 2 == 0:
+                theirs += hand_written(method, ds, teacher, args.epochs)[1:]
             ours += with_kdcore(method, ds, teacher, args.epochs)[1:]
+            if r % 2 == 1:
+                theirs += hand_written(method, ds, teacher, args.epochs)[1:]
         a, b = statistics.median(ours), statistics.median(theirs)
+        print(
+            f"{method:>5} per epoch: kdcore {' '.join(f'{r:.0f}' for r in ours)}; "
+            f"hand-written {' '.join(f'{r:.0f}' for r in theirs)}",
+            flush=True,
+        )
         print(
             f"{method:>5} step: kdcore {a:8.1f} samples/s   hand-written {b:8.1f} samples/s   "
             f"ratio {a / b:.3f}",
