@@ -435,16 +435,19 @@ class _Loop:
                 _, guided = taps[0].run(xb)  # (B, O_g, N_g, N_g)
                 loss = hint_loss(hint, regressor(guided))
                 return loss, {"hint": loss.detach()}
-            logits = self.student(xb)  # (B, K)
             if stage == "scratch":
+                logits = self.student(xb)  # (B, K)
                 loss = nn.functional.cross_entropy(logits.float(), yb)
                 return loss, {"ce": loss.detach()}
             if teacher_logits is not None:
                 t_logits = teacher_logits[idx]
             else:
+                # Teacher first: its activations are freed before the student's forward saves
+                # its own for backward, so the two never compete for cache and memory.
                 assert self.teacher is not None
                 with torch.no_grad():
-                    t_logits = self.teacher(xb)
+                    t_logits = self.teacher(xb)  # (B, K)
+            logits = self.student(xb)  # (B, K)
             return kd_loss(logits, t_logits, yb, temperature=cfg.temperature, alpha=cfg.alpha)
 
     def _teacher_logits(self) -> torch.Tensor:
