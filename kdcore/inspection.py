@@ -36,12 +36,16 @@ def inspect_model(model: nn.Module, input_shape: tuple[int, ...] | list[int]) ->
 
     MACs come from :class:`torch.utils.flop_counter.FlopCounterMode` (FLOPs / 2 for the
     matmul and convolution ops it counts), so they follow what torch actually executes.
-    Modules whose output is not a tensor (or that do not run) are listed without a shape.
+    Modules whose output is not a tensor (or that do not run) are listed without a shape;
+    a TorchScript model lists no layers (it refuses hooks), only its totals.
     """
     shapes: dict[str, list[int]] = {}
     handles = []
+    # TorchScript modules refuse forward hooks, so no layer of theirs is listed (none can be a
+    # FitNets hint either); parameters and MACs still count, since the ops go through aten.
+    hookable = not isinstance(model, torch.jit.ScriptModule)
     for path, module in model.named_modules():
-        if path:
+        if path and hookable:
             handles.append(module.register_forward_hook(_shape_hook(path, shapes)))
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
@@ -65,7 +69,7 @@ def inspect_model(model: nn.Module, input_shape: tuple[int, ...] | list[int]) ->
             macs=int(sum(flops.get(f"{root}.{path}", {}).values()) // 2),
         )
         for path, module in model.named_modules()
-        if path
+        if path and hookable
     ]
     return ModelSummary(
         input_shape=list(input_shape),

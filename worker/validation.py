@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from torch import nn
 
 from kdcore.data import load_dataset
-from kdcore.inspection import count_params, inspect_model
+from kdcore.inspection import inspect_model
 from kdcore.weights import detect_format, load_model
 from store.blobs import BlobStore, StorageError
 from store.db import transaction
@@ -65,7 +65,7 @@ def validate_teacher(
                     row.num_classes,
                     allow_code=settings.allow_code_checkpoints,
                 )
-                layers, params, macs = _describe(model, fmt, input_shape)
+                layers, params, macs = _describe(model, input_shape)
             except ValueError as exc:  # WeightsError, CodeCheckpointRefused, SpecError
                 values = {"status": AssetStatus.invalid, "error": str(exc)}
             except Exception as exc:
@@ -128,13 +128,9 @@ def validate_dataset(
 
 
 def _describe(
-    model: nn.Module, fmt: str, input_shape: tuple[int, ...]
+    model: nn.Module, input_shape: tuple[int, ...]
 ) -> tuple[list[dict[str, Any]], int, int | None]:
     """Layers (path and per-sample output shape), parameter count and MACs."""
-    if fmt == "torchscript":
-        # ScriptModules refuse forward hooks, so their layers cannot be listed (nor serve
-        # as FitNets hints: such a teacher does plain KD only).
-        return [], count_params(model), None
     summary = inspect_model(model, input_shape)
     layers = [{"path": layer.path, "shape": layer.shape} for layer in summary.layers]
     return layers, summary.params, summary.macs

@@ -58,3 +58,12 @@ def test_tap_with_stop_ends_the_forward_pass_early() -> None:
         logits, _ = tap.run(torch.zeros(2, 3, 8, 8))
     assert logits is not None
     assert logits.shape == (2, 10)
+
+
+def test_torchscript_models_get_totals_but_no_layers() -> None:
+    model = build_model(CNN, (3, 8, 8), 10).eval()
+    eager = inspect_model(model, (3, 8, 8))
+    scripted = inspect_model(torch.jit.trace(model, torch.zeros(1, 3, 8, 8)), (3, 8, 8))
+    assert scripted.layers == []
+    assert scripted.params == eager.params
+    assert scripted.macs == eager.macs
