@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import unquote, urlparse
 
 from store.settings import Settings
@@ -96,11 +96,15 @@ class BlobStore(ABC):
 
     def upload_file(self, key: str, path: Path) -> StoredObject:
         """Stream a local file into storage under ``key``."""
+        with path.open("rb") as f:
+            return self.upload_fileobj(key, f)
+
+    def upload_fileobj(self, key: str, f: IO[bytes]) -> StoredObject:
+        """Stream an open file (from its current position) into storage under ``key``."""
         writer = self.writer(key)
         try:
-            with path.open("rb") as f:
-                while chunk := f.read(PART_SIZE):
-                    writer.write(chunk)
+            while chunk := f.read(PART_SIZE):
+                writer.write(chunk)
         except BaseException:
             writer.abort()
             raise

@@ -147,7 +147,8 @@ class Teacher(Timestamps, Base):
         ForeignKey("tenants.id", ondelete="CASCADE"), index=True
     )
     name: Mapped[str] = mapped_column(String(200), default="")
-    blob_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("blobs.id"))
+    # None once validation found the upload invalid and deleted its file.
+    blob_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("blobs.id"))
     arch: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     input_shape: Mapped[list[Any]] = mapped_column(JSON)
     num_classes: Mapped[int] = mapped_column(Integer)
@@ -160,7 +161,7 @@ class Teacher(Timestamps, Base):
     source_job_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     deleted_at: Mapped[datetime | None] = mapped_column()  # hidden, kept for jobs' history
 
-    blob: Mapped[Blob] = relationship(lazy="raise")
+    blob: Mapped[Blob | None] = relationship(lazy="raise")
 
 
 class DatasetRecord(Timestamps, Base):
@@ -172,7 +173,8 @@ class DatasetRecord(Timestamps, Base):
     )
     name: Mapped[str] = mapped_column(String(200), default="")
     filename: Mapped[str] = mapped_column(String(255), default="")
-    blob_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("blobs.id"))
+    # None once validation found the upload invalid and deleted its file.
+    blob_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("blobs.id"))
     status: Mapped[AssetStatus] = mapped_column(_enum(AssetStatus), default=AssetStatus.validating)
     error: Mapped[str | None] = mapped_column(Text)
     samples: Mapped[int | None] = mapped_column(Integer)
@@ -180,7 +182,7 @@ class DatasetRecord(Timestamps, Base):
     classes: Mapped[list[Any] | None] = mapped_column(JSON)
     deleted_at: Mapped[datetime | None] = mapped_column()  # hidden, kept for jobs' history
 
-    blob: Mapped[Blob] = relationship(lazy="raise")
+    blob: Mapped[Blob | None] = relationship(lazy="raise")
 
 
 class Job(Timestamps, Base):

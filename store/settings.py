@@ -57,6 +57,17 @@ class Settings(BaseSettings):
     max_stored_bytes_per_tenant: int = Field(default=50 * 1024 * MiB, gt=0)
     allow_code_checkpoints: bool = False
 
+    # -- the job sandbox (worker/sandbox) ----------------------------------------------------
+    # "auto": bubblewrap namespaces where they work, else a plain child process (code
+    # checkpoints refused); "bwrap": require them (jobs fail without); "process": never.
+    sandbox: Literal["auto", "bwrap", "process"] = "auto"
+    # Address-space cap of the child (RLIMIT_AS). 0 turns it off: needed on GPU workers,
+    # where CUDA maps far more virtual memory than it uses (cap the container instead).
+    sandbox_memory_mb: int = Field(default=16 * 1024, ge=0)
+    sandbox_max_file_mb: int = Field(default=8 * 1024, ge=0)  # largest file it may write
+    sandbox_threads: int = Field(default=0, ge=0)  # torch threads in the child; 0: default
+    validation_time_limit_s: int = Field(default=900, gt=0)
+
     # -- API -----------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = 8000

@@ -6,10 +6,12 @@ import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from store.blobs import BlobStore, StorageError
 from store.settings import Settings
@@ -62,3 +64,37 @@ def local_name(filename: str, default: str) -> str:
     loaders pick the format by suffix, and their messages name the file the user sent."""
     name = re.sub(r"[^A-Za-z0-9._-]", "_", Path(filename).name).lstrip(".")
     return name[-200:] or default
+
+
+class UnsafeOutput(OSError):
+    """A file the sandbox left that is not a plain file of its own (a link, a device...)."""
+
+
+def is_plain_file(path: Path) -> bool:
+    """A regular file with one name: not a symlink, hard link, device or pipe."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+
+
+@contextmanager
+def open_output(path: Path) -> Iterator[IO[bytes]]:
+    """Open a file the sandbox wrote, refusing anything but a plain file of its own.
+
+    The sandbox is untrusted: a symlink or hard link in its folder could point the worker at
+    a file of the worker's own (``O_NOFOLLOW``, and the link count, stop that), and a pipe
+    could block it (``O_NONBLOCK``, then the type check).
+
+    Raises:
+        UnsafeOutput: not a plain file.
+        OSError: it cannot be opened.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    f = os.fdopen(fd, "rb")
+    with f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise UnsafeOutput(f"{path.name} is not a plain file; it is not uploaded")
+        yield f

@@ -9,9 +9,11 @@ One attempt goes like this:
    ``cancel_requested``. If the renewal matches no row, the reaper has given the job to
    another attempt: this one stops at the next training step and writes nothing more.
 3. The inputs are **downloaded** into a scratch folder, with the checkpoint of an earlier
-   attempt if storage has one, and ``kdcore.pipeline.run`` **trains**, resuming from it.
-   After every epoch the metrics go to the database and the checkpoint to storage, so a
-   worker that dies loses one epoch at most.
+   attempt if storage has one, and ``kdcore.pipeline.run`` **trains**, resuming from it,
+   in the job sandbox (:mod:`worker.sandbox`): a child process with no secrets, limits on
+   memory and time, and, where bubblewrap works, no network and no view of the worker's
+   files. After every epoch the metrics go to the database and the checkpoint to
+   storage, so a worker that dies loses one epoch at most.
 4. On success every file of the output folder is **uploaded**, then one transaction lists
    the artifacts and marks the job succeeded. On failure the job gets an ``error_code``
    and the message kdcore wrote for the user.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import re
 import threading
 import time
 import uuid
@@ -38,21 +41,25 @@ from pathlib import Path
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from kdcore import pipeline
 from kdcore.config import DistillConfig, parse_config
-from kdcore.pipeline import DEFAULT_FORMATS, TeacherFile
+from kdcore.pipeline import DEFAULT_FORMATS
 from kdcore.report import Report
-from kdcore.train import CHECKPOINT_NAME, METRICS_NAME, Canceled, Diverged, Progress
-from store.blobs import BlobStore, StorageError
+from kdcore.train import CHECKPOINT_NAME, METRICS_NAME, Progress
+from kdcore.weights import WeightsError, detect_format
+from store.blobs import BlobStore, StorageError, StoredObject
 from store.db import transaction
 from store.models import DatasetRecord, Job, JobStatus, Teacher, utcnow
 from store.repositories.assets import AssetRepository
 from store.repositories.runs import Claim, LeaseState, NewArtifact, RunRepository
 from store.settings import Settings
-from worker.files import download, local_name, work_dir
+from worker.files import download, is_plain_file, local_name, open_output, work_dir
 from worker.retry import DB_ERRORS, STORAGE_ERRORS, Retries, retrying
+from worker.sandbox import SandboxFailed, run_in_sandbox
+from worker.sandbox.policy import code_checkpoints, isolation_for, limits_for
+from worker.sandbox.protocol import DistillRequest, TeacherInput
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +67,18 @@ STEP_WRITE_INTERVAL_S = 2.0  # at most one step-progress write per job this ofte
 # Files of the output folder that are never artifacts: partial writes (kdcore's temporary
 # files are also hidden, which excludes them too).
 _NOT_ARTIFACTS = (".tmp", ".part", ".partial")
+# Artifact names are file names the sandbox wrote: keep the plain ones only.
+_ARTIFACT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+_PROGRESS: TypeAdapter[Progress] = TypeAdapter(Progress)
+# What the user reads when the sandbox fails, by its code (None: the sandbox's message).
+_FAILURES: dict[str, str | None] = {
+    "diverged": None,
+    "invalid_input": None,
+    "out_of_memory": "the training process ran out of memory ({}); use a smaller batch size "
+    "or model, or ask the operator to raise KDSERVE_SANDBOX_MEMORY_MB",
+    "crashed": None,
+    "internal": "internal error: {}",
+}
 
 
 class Outcome(enum.StrEnum):
@@ -316,32 +335,31 @@ class _Attempt:
         return job_key(self.job.tenant_id, self.job.id, *parts)
 
     def run(self, work: Path) -> Outcome:
-        out = work / "out"
-        out.mkdir()
+        box = work / "box"  # the only folder the sandbox sees
+        out = box / "out"
+        out.mkdir(parents=True)
         reporter: _Reporter | None = None
         try:
             config = parse_config(self.job.config)
-            data, val, teacher = self._fetch_inputs(work / "in", config)
+            request = self._fetch_inputs(box, config)
             self._restore(out)
             reporter = _Reporter(self, config, out)
-            report = pipeline.run(
-                student_spec=self.job.student,
-                config=config,
-                data=data,
-                val=val,
-                teacher=teacher,
-                out_dir=out,
-                on_progress=reporter,
+            result = run_in_sandbox(
+                request,
+                box,
+                isolation=isolation_for(self.settings),
+                time_limit_s=self.settings.job_time_limit_s,
+                log_path=work / "sandbox.log",
+                on_progress=reporter.on_message,
                 should_cancel=self.lease.should_cancel,
-                formats=self.formats,
-                resume=True,
             )
-        except Canceled as exc:
-            if self.lease.lost.is_set():
-                return Outcome.lost
-            return self.lease.end(JobStatus.canceled, "canceled", f"{exc} at the user's request")
-        except Diverged as exc:
-            return self.lease.end(JobStatus.failed, "diverged", str(exc))
+            report = Report.model_validate(result)
+        except SandboxFailed as exc:
+            return self._failed(exc)
+        except ValidationError as exc:  # a report that is not one: the child misbehaved
+            return self.lease.end(
+                JobStatus.failed, "internal", f"internal error: unreadable report ({exc})"
+            )
         except SoftTimeLimitExceeded:
             return self.lease.end(
                 JobStatus.failed,
@@ -356,7 +374,7 @@ class _Attempt:
                 "storage",
                 f"could not read the job's inputs from storage ({exc}); submit it again",
             )
-        except ValueError as exc:  # bad spec, config, layer, shape, data or teacher
+        except ValueError as exc:  # a bad config, or a teacher this worker cannot sandbox
             return self.lease.end(JobStatus.failed, "invalid_input", str(exc))
         except Exception as exc:
             log.exception("job %s failed", self.job.id)
@@ -366,31 +384,58 @@ class _Attempt:
         assert reporter is not None
         return self._publish(out, report, reporter.latest)
 
+    def _failed(self, exc: SandboxFailed) -> Outcome:
+        if exc.code == "canceled":
+            if self.lease.lost.is_set():
+                return Outcome.lost
+            return self.lease.end(JobStatus.canceled, "canceled", f"{exc} at the user's request")
+        if exc.code == "time_limit":
+            return self.lease.end(
+                JobStatus.failed,
+                "time_limit",
+                f"the job ran longer than the time limit of {self.settings.job_time_limit_s} s "
+                "(KDSERVE_JOB_TIME_LIMIT_S); use fewer epochs or less data",
+            )
+        if self.lease.lost.is_set():
+            return Outcome.lost
+        template = _FAILURES.get(exc.code, "internal error: {}")
+        message = template.format(exc) if template else str(exc)
+        return self.lease.end(JobStatus.failed, exc.code, message)
+
     # -- inputs --------------------------------------------------------------------------
 
-    def _fetch_inputs(
-        self, folder: Path, config: DistillConfig
-    ) -> tuple[Path, Path | None, TeacherFile | None]:
+    def _fetch_inputs(self, box: Path, config: DistillConfig) -> DistillRequest:
+        """Download the inputs into ``box/in`` and describe the job for the sandbox."""
         rows, delays = self.rows, self.retries.storage
 
-        def fetch(record: DatasetRecord, sub: str) -> Path:
-            (folder / sub).mkdir(parents=True)
+        def fetch(record: DatasetRecord, sub: str) -> str:
+            (box / "in" / sub).mkdir(parents=True)
             # Loaders pick the format by suffix (.npz, .tar.gz, ...): keep the upload's name.
-            path = folder / sub / local_name(record.filename, "data.npz")
-            download(self.store, record.blob.uri, path, delays=delays)
-            return path
+            path = Path("in", sub, local_name(record.filename, "data.npz"))
+            download(self.store, _uri(record), box / path, delays=delays)
+            return str(path)
 
         data = fetch(rows.dataset, "train")
         val = fetch(rows.val_dataset, "val") if rows.val_dataset is not None else None
         teacher = None
         if config.uses_teacher and rows.teacher is not None:
-            (folder / "teacher").mkdir(parents=True)
-            path = folder / "teacher" / "weights"  # formats are told apart by content
-            download(self.store, rows.teacher.blob.uri, path, delays=delays)
-            teacher = TeacherFile(
-                path, spec=rows.teacher.arch, allow_code=self.settings.allow_code_checkpoints
+            (box / "in" / "teacher").mkdir(parents=True)
+            path = Path("in", "teacher", "weights")  # formats are told apart by content
+            download(self.store, _uri(rows.teacher), box / path, delays=delays)
+            teacher = TeacherInput(
+                path=str(path),
+                arch=rows.teacher.arch,
+                allow_code=_allow_code(self.settings, box / path),
             )
-        return data, val, teacher
+        return DistillRequest(
+            limits=limits_for(self.settings),
+            student=self.job.student,
+            config=config.model_dump(mode="json"),
+            data=data,
+            val=val,
+            teacher=teacher,
+            formats=list(self.formats),
+        )
 
     def _restore(self, out: Path) -> None:
         """Fetch an earlier attempt's checkpoint, so ``kdcore`` resumes from it."""
@@ -420,7 +465,8 @@ class _Attempt:
             return
         try:
             for name in (METRICS_NAME, CHECKPOINT_NAME):
-                self.store.upload_file(self.key("work", name), out / name)
+                with open_output(out / name) as f:
+                    self.store.upload_fileobj(self.key("work", name), f)
         except STORAGE_ERRORS as exc:
             log.warning(
                 "job %s: checkpoint not saved to storage (%s); retrying next epoch",
@@ -472,7 +518,9 @@ class _Attempt:
         files = sorted(
             p
             for p in out.iterdir()
-            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(_NOT_ARTIFACTS)
+            if _ARTIFACT_NAME.fullmatch(p.name)
+            and not p.name.endswith(_NOT_ARTIFACTS)
+            and is_plain_file(p)
         )
         artifacts = []
         for path in files:
@@ -481,7 +529,7 @@ class _Attempt:
             key = self.key("artifacts", path.name)
             try:
                 stored = retrying(
-                    partial(self.store.upload_file, key, path),
+                    partial(self._upload_output, key, path),
                     errors=STORAGE_ERRORS,
                     delays=self.retries.storage,
                     what=f"upload of {key}",
@@ -490,6 +538,10 @@ class _Attempt:
                 raise StorageError(f"could not upload {path.name}: {exc}") from exc
             artifacts.append(NewArtifact(path.name, stored.uri, stored.size, stored.sha256))
         return artifacts
+
+    def _upload_output(self, key: str, path: Path) -> StoredObject:
+        with open_output(path) as f:
+            return self.store.upload_fileobj(key, f)
 
     def _forget_work(self) -> None:
         """Drop the resume files: the artifacts hold the final checkpoint."""
@@ -516,6 +568,10 @@ class _Reporter:
         self.latest: dict[str, Any] = dict(attempt.job.metrics or {})
         self.offsets = _epochs_before_stage(config)
         self._last_write = -math.inf
+
+    def on_message(self, fields: dict[str, Any]) -> None:
+        """A progress message from the sandbox (validated: the child is untrusted)."""
+        self(_PROGRESS.validate_python(fields))
 
     def __call__(self, p: Progress) -> None:
         progress = {"stage": p.stage, "epoch": p.epoch, "progress": p.fraction}
@@ -568,3 +624,24 @@ def _report_metrics(report: Report) -> dict[str, Any]:
         if value is not None:
             out[key] = value
     return out
+
+
+def _allow_code(settings: Settings, teacher: Path) -> bool:
+    """Whether the sandbox may load this teacher's code, if it has any.
+
+    Raises:
+        ValueError: code checkpoints are enabled but this worker cannot confine them.
+    """
+    try:
+        fmt = detect_format(teacher)
+    except WeightsError:
+        return False  # the sandbox reports what is wrong with the file
+    return code_checkpoints(settings, fmt)
+
+
+def _uri(record: DatasetRecord | Teacher) -> str:
+    """Where an input's file is. Only invalid uploads have none, and jobs never get those
+    (the API refuses them); this guards a row that turned invalid after submission."""
+    if record.blob is None:
+        raise ValueError(f"{record.id} was found invalid and its file deleted: {record.error}")
+    return record.blob.uri

@@ -1,31 +1,40 @@
 """Checking uploads: a teacher must load into its architecture, a dataset must load.
 
-Each check downloads the upload, runs the same ``kdcore`` loader a job will use, and writes
-``ready`` (with what it learned: layers, parameter count, samples, classes) or ``invalid``
-with the loader's message, which says what to fix. Both are no-ops unless the row is still
-``validating``, so a redelivered task does nothing.
+Each check downloads the upload and runs the same ``kdcore`` loader a job will use, in the
+job sandbox (:mod:`worker.sandbox`: an archive bomb or a hostile checkpoint meets the same
+limits and walls as a job), and writes ``ready`` (with what it learned: layers, parameter
+count, samples, classes) or ``invalid`` with the loader's message, which says what to fix.
+An invalid upload's file is deleted from storage (unless another upload shares it), so it
+neither lingers nor counts against the tenant's quota; its row keeps the message. Both are
+no-ops unless the row is still ``validating``, so a redelivered task does nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
-from torch import nn
 
-from kdcore.data import load_dataset
-from kdcore.inspection import inspect_model
-from kdcore.weights import detect_format, load_model
+from kdcore.weights import WeightsError, detect_format
 from store.blobs import BlobStore, StorageError
 from store.db import transaction
-from store.models import AssetStatus
+from store.models import AssetStatus, DatasetRecord, Teacher
 from store.repositories.assets import AssetRepository
 from store.settings import Settings
 from worker.files import download, local_name, work_dir
-from worker.retry import DB_ERRORS, Retries, retrying
+from worker.retry import DB_ERRORS, STORAGE_ERRORS, Retries, retrying
+from worker.sandbox import SandboxFailed, run_in_sandbox
+from worker.sandbox.policy import code_checkpoints, isolation_for, limits_for
+from worker.sandbox.protocol import (
+    DatasetRequest,
+    DatasetResult,
+    TeacherInput,
+    TeacherRequest,
+    TeacherResult,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,39 +57,35 @@ def validate_teacher(
     if row is None or row.status != AssetStatus.validating:
         return None
 
-    input_shape = tuple(row.input_shape)
+    assert row.blob is not None  # validating rows always have their file
     with work_dir(settings, f"teacher-{row_id}-") as tmp:
-        path = tmp / "weights"
+        box = tmp / "box"
+        box.mkdir()
         try:
-            download(store, row.blob.uri, path, delays=retries.storage)
+            download(store, row.blob.uri, box / "weights", delays=retries.storage)
         except StorageError as exc:
             values = _storage_failed(exc)
         else:
             try:
-                fmt = detect_format(path)
-                model = load_model(
-                    path,
-                    row.arch,
-                    input_shape,
-                    row.num_classes,
-                    allow_code=settings.allow_code_checkpoints,
+                request = TeacherRequest(
+                    limits=limits_for(settings),
+                    teacher=TeacherInput(
+                        path="weights",
+                        arch=row.arch,
+                        allow_code=_allow_code(settings, box / "weights"),
+                    ),
+                    input_shape=list(row.input_shape),
+                    num_classes=row.num_classes,
                 )
-                layers, params, macs = _describe(model, input_shape)
-            except ValueError as exc:  # WeightsError, CodeCheckpointRefused, SpecError
+                result = TeacherResult.model_validate(_sandboxed(request, box, tmp, settings))
+            except ValueError as exc:  # the loader's message, or code this worker won't run
                 values = {"status": AssetStatus.invalid, "error": str(exc)}
             except Exception as exc:
                 log.exception("validating teacher %s failed", row_id)
                 values = _internal(exc)
             else:
-                values = {
-                    "status": AssetStatus.ready,
-                    "error": None,
-                    "format": fmt,
-                    "layers": layers,
-                    "params": params,
-                    "macs": macs,
-                }
-    return _write(sessions, retries, lambda repo: repo.finish_teacher(row_id, **values), values)
+                values = {"status": AssetStatus.ready, "error": None, **result.model_dump()}
+    return _write(sessions, store, retries, Teacher, row_id, values)
 
 
 def validate_dataset(
@@ -101,53 +106,91 @@ def validate_dataset(
     if row is None or row.status != AssetStatus.validating:
         return None
 
+    assert row.blob is not None  # validating rows always have their file
     with work_dir(settings, f"dataset-{row_id}-") as tmp:
+        box = tmp / "box"
+        box.mkdir()
         # The loader picks the format by suffix, so the file keeps the upload's name.
-        path = tmp / local_name(row.filename, "dataset")
+        name = local_name(row.filename, "dataset")
         try:
-            download(store, row.blob.uri, path, delays=retries.storage)
+            download(store, row.blob.uri, box / name, delays=retries.storage)
         except StorageError as exc:
             values = _storage_failed(exc)
         else:
             try:
-                data = load_dataset(path)
-            except ValueError as exc:  # DataError
+                request = DatasetRequest(limits=limits_for(settings), path=name)
+                result = DatasetResult.model_validate(_sandboxed(request, box, tmp, settings))
+            except ValueError as exc:  # the loader's message (DataError)
                 values = {"status": AssetStatus.invalid, "error": str(exc)}
             except Exception as exc:
                 log.exception("validating dataset %s failed", row_id)
                 values = _internal(exc)
             else:
-                values = {
-                    "status": AssetStatus.ready,
-                    "error": None,
-                    "samples": len(data),
-                    "input_shape": list(data.input_shape),
-                    "classes": list(data.classes),
-                }
-    return _write(sessions, retries, lambda repo: repo.finish_dataset(row_id, **values), values)
+                values = {"status": AssetStatus.ready, "error": None, **result.model_dump()}
+    return _write(sessions, store, retries, DatasetRecord, row_id, values)
 
 
-def _describe(
-    model: nn.Module, input_shape: tuple[int, ...]
-) -> tuple[list[dict[str, Any]], int, int | None]:
-    """Layers (path and per-sample output shape), parameter count and MACs."""
-    summary = inspect_model(model, input_shape)
-    layers = [{"path": layer.path, "shape": layer.shape} for layer in summary.layers]
-    return layers, summary.params, summary.macs
+def _sandboxed(
+    request: TeacherRequest | DatasetRequest, box: Path, tmp: Path, settings: Settings
+) -> dict[str, Any]:
+    """Run the check in the sandbox; its failures become ``ValueError`` messages.
+
+    Raises:
+        ValueError: the upload is invalid (what to fix), or broke a limit (which).
+    """
+    try:
+        return run_in_sandbox(
+            request,
+            box,
+            isolation=isolation_for(settings),
+            time_limit_s=settings.validation_time_limit_s,
+            log_path=tmp / "sandbox.log",
+        )
+    except SandboxFailed as exc:
+        if exc.code == "invalid_input":
+            raise ValueError(str(exc)) from exc
+        if exc.code == "internal":
+            raise RuntimeError(str(exc)) from exc
+        raise ValueError(f"the file could not be checked: {exc} ({exc.code})") from exc
+
+
+def _allow_code(settings: Settings, path: Path) -> bool:
+    try:
+        return code_checkpoints(settings, detect_format(path))
+    except WeightsError:
+        return False  # the sandbox's loader says what is wrong with the file
 
 
 def _write(
     sessions: sessionmaker[Session],
+    store: BlobStore,
     retries: Retries,
-    update: Callable[[AssetRepository], bool],
+    model: type[Teacher] | type[DatasetRecord],
+    row_id: uuid.UUID,
     values: dict[str, Any],
 ) -> AssetStatus | None:
-    def once() -> bool:
-        with transaction(sessions) as session:
-            return update(AssetRepository(session))
-
-    written = retrying(once, errors=DB_ERRORS, delays=retries.final_db, what="validation result")
+    """Write the result; an invalid upload also lets go of its file (deleted after the
+    commit: a failed delete leaves an unlisted object, never a listed row without one)."""
     status: AssetStatus = values["status"]
+
+    def once() -> tuple[bool, str | None]:
+        with transaction(sessions) as session:
+            repo = AssetRepository(session)
+            if model is Teacher:
+                written = repo.finish_teacher(row_id, **values)
+            else:
+                written = repo.finish_dataset(row_id, **values)
+            release = written and status == AssetStatus.invalid
+            return written, repo.release_blob(model, row_id) if release else None
+
+    written, orphan = retrying(
+        once, errors=DB_ERRORS, delays=retries.final_db, what="validation result"
+    )
+    if orphan is not None:
+        try:
+            store.delete(orphan)
+        except STORAGE_ERRORS as exc:
+            log.warning("could not delete the invalid upload %s (%s)", orphan, exc)
     return status if written else None
 
 

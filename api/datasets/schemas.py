@@ -17,8 +17,9 @@ class DatasetPublic(BaseModel):
     samples: int | None
     input_shape: list[int] | None
     classes: list[str] | None
-    size: int
-    sha256: str
+    # Null once validation found the upload invalid and deleted the file.
+    size: int | None
+    sha256: str | None
     created_at: datetime
     updated_at: datetime
 

@@ -35,8 +35,9 @@ class TeacherPublic(BaseModel):
     layers: list[LayerOut] | None
     params: int | None
     macs: int | None
-    size: int
-    sha256: str
+    # Null once validation found the upload invalid and deleted the file.
+    size: int | None
+    sha256: str | None
     source_job_id: uuid.UUID | None
     created_at: datetime
     updated_at: datetime

@@ -10,10 +10,10 @@ from __future__ import annotations
 import uuid
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, delete, exists, or_, select, update
 from sqlalchemy.orm import Session, joinedload
 
-from store.models import AssetStatus, DatasetRecord, Teacher, utcnow
+from store.models import AssetStatus, Blob, DatasetRecord, Teacher, utcnow
 
 
 class AssetRepository:
@@ -39,6 +39,33 @@ class AssetRepository:
     def finish_dataset(self, dataset_id: uuid.UUID, **values: Any) -> bool:
         """Write the validation result if the dataset is still ``validating``."""
         return self._finish(DatasetRecord, dataset_id, values)
+
+    def release_blob(
+        self, model: type[Teacher] | type[DatasetRecord], row_id: uuid.UUID
+    ) -> str | None:
+        """Detach an invalid upload from its file; returns the file's URI when nothing else
+        uses it (the Blob row is deleted then, and the caller deletes the object after the
+        commit), or None when another teacher or dataset shares it."""
+        blob_id = self.session.scalar(select(model.blob_id).where(model.id == row_id))
+        if blob_id is None:
+            return None
+        self.session.execute(
+            update(model).where(model.id == row_id).values(blob_id=None),
+            execution_options={"synchronize_session": False},
+        )
+        shared = self.session.scalar(
+            select(
+                or_(
+                    exists().where(Teacher.blob_id == blob_id),
+                    exists().where(DatasetRecord.blob_id == blob_id),
+                )
+            )
+        )
+        if shared:
+            return None
+        uri = self.session.scalar(select(Blob.uri).where(Blob.id == blob_id))
+        self.session.execute(delete(Blob).where(Blob.id == blob_id))
+        return uri
 
     def _finish(
         self, model: type[Teacher] | type[DatasetRecord], row_id: uuid.UUID, values: dict[str, Any]

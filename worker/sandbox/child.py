@@ -1,0 +1,199 @@
+"""The sandboxed child: ``python -I -m worker.sandbox.child <folder> <events fd> <control fd>``.
+
+It holds no database, broker or storage settings: it reads ``request.json`` and its inputs
+from its folder, writes its outputs to ``out/`` there, and talks to the worker over two
+pipes (:mod:`worker.sandbox.protocol`). The limits are applied before anything is loaded,
+so a teacher file never runs without them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from pydantic import TypeAdapter
+
+from worker.sandbox.protocol import (
+    ACK,
+    CANCEL,
+    REQUEST_NAME,
+    DatasetRequest,
+    DatasetResult,
+    DistillRequest,
+    ErrorCode,
+    ErrorMessage,
+    Limits,
+    ProgressMessage,
+    Request,
+    ResultMessage,
+    TeacherRequest,
+    TeacherResult,
+)
+
+MiB = 1024 * 1024
+_PR_SET_PDEATHSIG = 1
+
+
+class Channel:
+    """The child's end of the pipes: messages out, ``ack``/``cancel`` in."""
+
+    def __init__(self, events_fd: int, control_fd: int) -> None:
+        self._out: IO[bytes] = os.fdopen(events_fd, "wb", buffering=0)
+        self._in: IO[bytes] = os.fdopen(control_fd, "rb", buffering=0)
+        self._lock = threading.Lock()
+        self._acked = threading.Semaphore(0)
+        self.canceled = threading.Event()
+        threading.Thread(target=self._listen, daemon=True, name="control").start()
+
+    def _listen(self) -> None:
+        for line in self._in:
+            if line == ACK:
+                self._acked.release()
+            elif line == CANCEL:
+                self.canceled.set()
+        # The worker is gone (its end of the pipe closed): nobody will collect the results.
+        os._exit(70)
+
+    def send(self, message: ProgressMessage | ResultMessage | ErrorMessage) -> None:
+        data = message.model_dump_json().encode() + b"\n"
+        with self._lock:
+            self._out.write(data)
+
+    def send_and_wait(self, message: ProgressMessage) -> None:
+        self.send(message)
+        self._acked.acquire()
+
+
+def apply_limits(limits: Limits) -> None:
+    """Address space and file size caps, no core dumps, and death with the parent."""
+    if limits.memory_mb:
+        size = limits.memory_mb * MiB
+        resource.setrlimit(resource.RLIMIT_AS, (size, size))
+    if limits.file_mb:
+        size = limits.file_mb * MiB
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write over the cap raises EFBIG
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _progress_fn(channel: Channel) -> Callable[[Any], None]:
+    from dataclasses import asdict
+
+    def report(p: Any) -> None:
+        message = ProgressMessage(progress=asdict(p))
+        if p.kind == "epoch":  # the parent saves the checkpoint before we go on
+            channel.send_and_wait(message)
+        else:
+            channel.send(message)
+
+    return report
+
+
+def _distill(req: DistillRequest, box: Path, channel: Channel) -> dict[str, Any]:
+    from kdcore import pipeline
+    from kdcore.config import parse_config
+
+    teacher = None
+    if req.teacher is not None:
+        teacher = pipeline.TeacherFile(
+            box / req.teacher.path, spec=req.teacher.arch, allow_code=req.teacher.allow_code
+        )
+    (box / "out").mkdir(exist_ok=True)
+    report = pipeline.run(
+        student_spec=req.student,
+        config=parse_config(req.config),
+        data=box / req.data,
+        val=box / req.val if req.val else None,
+        teacher=teacher,
+        out_dir=box / "out",
+        on_progress=_progress_fn(channel),
+        should_cancel=channel.canceled.is_set,
+        formats=req.formats,
+        resume=True,
+    )
+    return report.model_dump(mode="json")
+
+
+def _teacher(req: TeacherRequest, box: Path, channel: Channel) -> dict[str, Any]:
+    from kdcore.inspection import inspect_model
+    from kdcore.weights import detect_format, load_model
+
+    path = box / req.teacher.path
+    fmt = detect_format(path)
+    shape = tuple(req.input_shape)
+    model = load_model(
+        path, req.teacher.arch, shape, req.num_classes, allow_code=req.teacher.allow_code
+    )
+    summary = inspect_model(model, shape)
+    layers = [{"path": layer.path, "shape": layer.shape} for layer in summary.layers]
+    result = TeacherResult(format=fmt, layers=layers, params=summary.params, macs=summary.macs)
+    return result.model_dump()
+
+
+def _dataset(req: DatasetRequest, box: Path, channel: Channel) -> dict[str, Any]:
+    from kdcore.data import load_dataset
+
+    data = load_dataset(box / req.path)
+    result = DatasetResult(
+        samples=len(data), input_shape=list(data.input_shape), classes=list(data.classes)
+    )
+    return result.model_dump()
+
+
+def _error(exc: BaseException) -> tuple[ErrorCode, str]:
+    """Sort an exception into the codes the worker understands."""
+    from kdcore.train import Canceled, Diverged
+
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, Canceled):
+        return "canceled", text
+    if isinstance(exc, Diverged):
+        return "diverged", text
+    if isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError)
+        and ("can't allocate memory" in text or "out of memory" in text.lower())
+    ):
+        return "out_of_memory", text
+    if isinstance(exc, ValueError):  # bad spec, config, layer, shape, data or weights
+        return "invalid_input", text
+    return "internal", f"{type(exc).__name__}: {text}"
+
+
+def main(argv: list[str]) -> int:
+    box, events_fd, control_fd = Path(argv[0]), int(argv[1]), int(argv[2])
+    request = TypeAdapter(Request).validate_json((box / REQUEST_NAME).read_bytes())
+    apply_limits(request.limits)
+    channel = Channel(events_fd, control_fd)
+    os.environ.setdefault("TMPDIR", str(box / "tmp"))
+    (box / "tmp").mkdir(exist_ok=True)
+    try:
+        if request.limits.threads:
+            import torch
+
+            torch.set_num_threads(request.limits.threads)
+        ops: dict[str, Callable[[Any, Path, Channel], dict[str, Any]]] = {
+            "distill": _distill,
+            "teacher": _teacher,
+            "dataset": _dataset,
+        }
+        result = ops[request.op](request, box, channel)
+    except BaseException as exc:  # everything goes back to the worker as a message
+        code, text = _error(exc)
+        channel.send(ErrorMessage(code=code, message=text[:4000]))
+        return 1
+    channel.send(ResultMessage(result=result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

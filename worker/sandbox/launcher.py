@@ -1,0 +1,327 @@
+"""Starting the sandboxed child and talking to it (the worker's side).
+
+The child gets a folder of its own and nothing else: an environment without a single
+``KDSERVE_`` variable (no database URL, broker URL or storage credentials), and, where
+bubblewrap (``bwrap``) can create namespaces, a view of the filesystem that holds only
+the system libraries, Python, kdserve's code and that folder (read-only but for the
+folder), no network at all, its own process table and no capabilities. Where bwrap is
+missing or cannot run (a container whose seccomp profile forbids namespaces), the child
+still runs as a separate process with the same environment and limits, and checkpoints
+that carry code are refused, since only the namespaces keep their code from the network
+and the worker's files.
+
+The worker stays in charge: it enforces the wall-clock limit, forwards cancel requests,
+kills the child when it must, and treats every byte the child sends as untrusted.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from pydantic import ValidationError
+
+import kdcore
+import worker
+from worker.sandbox.protocol import (
+    ACK,
+    CANCEL,
+    MAX_LINE_BYTES,
+    REQUEST_NAME,
+    DatasetRequest,
+    DistillRequest,
+    ErrorCode,
+    ErrorMessage,
+    ProgressMessage,
+    TeacherRequest,
+    parse_message,
+)
+
+log = logging.getLogger(__name__)
+
+Isolation = Literal["bwrap", "process"]
+CANCEL_GRACE_S = 30.0  # a child that ignores "cancel" this long is killed
+_WATCH_INTERVAL_S = 0.2
+# The only variables the child inherits; everything else (KDSERVE_*, AWS_*, ...) stays out.
+_PASSED_ENV = ("LANG", "LC_ALL", "TZ", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
+# System paths the child reads (libraries, the dynamic loader's cache, time zones).
+_SYSTEM_PATHS = (
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/localtime",
+    "/sys",
+)
+
+
+class SandboxFailed(Exception):
+    """The child ended without a result: ``code`` says why, the message what to do."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@functools.cache
+def available_isolation() -> Isolation:
+    """``bwrap`` when bubblewrap runs here (probed once per process), else ``process``."""
+    if shutil.which("bwrap") is None:
+        log.warning("bubblewrap (bwrap) is not installed: the sandbox is a plain child process")
+        return "process"
+    probe = subprocess.run(
+        [*_bwrap_argv(Path("/"), {}), "--", sys.executable, "-c", "pass"],
+        capture_output=True,
+        env={},
+        timeout=60,
+        check=False,
+    )
+    if probe.returncode != 0:
+        log.warning(
+            "bubblewrap cannot create namespaces here (%s): the sandbox is a plain child "
+            "process, and code checkpoints are refused",
+            probe.stderr.decode(errors="replace").strip()[:300],
+        )
+        return "process"
+    return "bwrap"
+
+
+def child_env(box: Path) -> dict[str, str]:
+    env = {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}
+    return {
+        **env,
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(box),
+        "USER": "kdserve",
+        "TMPDIR": str(box / "tmp"),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+
+
+def _readable_paths() -> list[str]:
+    """Python (the venv and the install it points to) and kdserve's own packages."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    paths |= {os.path.realpath(p) for p in list(paths)}
+    paths.add(os.path.dirname(os.path.realpath(sys.executable)))
+    for package in (kdcore, worker):
+        paths.add(str(Path(package.__file__ or "").resolve().parent))
+    return sorted(paths)
+
+
+def _bwrap_argv(box: Path, env: dict[str, str]) -> list[str]:
+    argv = [
+        "bwrap",
+        "--unshare-all",  # user (where it can), pid, network, ipc, uts, cgroup
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--clearenv",
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+    ]
+    for path in (*_SYSTEM_PATHS, *_readable_paths()):
+        argv += ["--ro-bind-try", path, path]
+    for device in sorted(glob.glob("/dev/nvidia*")):  # GPU workers
+        argv += ["--dev-bind", device, device]
+    if box != Path("/"):
+        argv += ["--bind", str(box), str(box), "--chdir", str(box)]
+    for key, value in env.items():
+        argv += ["--setenv", key, value]
+    return argv
+
+
+Request = DistillRequest | TeacherRequest | DatasetRequest
+
+
+def run_in_sandbox(
+    request: Request,
+    box: Path,
+    *,
+    isolation: Isolation,
+    time_limit_s: float,
+    log_path: Path,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """Run ``request`` in a child confined to ``box``; return its result.
+
+    ``on_progress`` gets each progress message's fields (after an ``epoch`` one the child
+    waits until it returns). ``should_cancel`` is polled; when it turns true the child is
+    asked to stop, and killed if it has not within :data:`CANCEL_GRACE_S`.
+
+    Raises:
+        SandboxFailed: the child reported an error, was canceled, ran out of time or
+            memory, crashed, or broke the protocol.
+    """
+    (box / REQUEST_NAME).write_text(request.model_dump_json())
+    (box / "tmp").mkdir(exist_ok=True)
+    events_r, events_w = os.pipe()
+    control_r, control_w = os.pipe()
+    argv = [sys.executable, "-I", "-m", "worker.sandbox.child", str(box)]
+    argv += [str(events_w), str(control_r)]
+    env = child_env(box)
+    if isolation == "bwrap":
+        argv = [*_bwrap_argv(box, env), "--", *argv]
+    with log_path.open("ab") as log_file:
+        try:
+            proc = subprocess.Popen(
+                argv,
+                env=env,  # bwrap too: its own environment is readable in /proc/1/environ
+                cwd=box,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                pass_fds=(events_w, control_r),
+                # Not in the worker's process group: Ctrl-C on `kdserve up` must not kill
+                # a job mid-epoch (the child dies with the worker through its pipes).
+                start_new_session=True,
+            )
+        finally:
+            os.close(events_w)
+            os.close(control_r)
+    watch = _Watch(proc, os.fdopen(control_w, "wb", buffering=0), time_limit_s, should_cancel)
+    try:
+        with os.fdopen(events_r, "rb") as events:
+            return _converse(events, watch, on_progress)
+    finally:
+        watch.stop()
+        _tail = log_path.read_bytes()[-2000:].decode(errors="replace") if log_path.exists() else ""
+        if proc.returncode not in (0, None) and _tail:
+            log.info("sandbox output (last lines):\n%s", _tail)
+
+
+def _converse(
+    events: IO[bytes],
+    watch: _Watch,
+    on_progress: Callable[[dict[str, Any]], None] | None,
+) -> dict[str, Any]:
+    result: dict[str, Any] | None = None
+    error: ErrorMessage | None = None
+    while line := events.readline(MAX_LINE_BYTES + 1):
+        try:
+            if len(line) > MAX_LINE_BYTES or not line.endswith(b"\n"):
+                raise ValueError("message too long")
+            message = parse_message(line)
+        except (ValueError, ValidationError) as exc:
+            watch.kill()
+            raise SandboxFailed(
+                "internal", "the training process sent an unreadable message and was stopped"
+            ) from exc
+        if isinstance(message, ProgressMessage):
+            if on_progress is not None:
+                on_progress(message.progress)
+            if message.progress.get("kind") == "epoch":
+                watch.send(ACK)
+        elif isinstance(message, ErrorMessage):
+            error = message
+        else:
+            result = message.result
+    returncode = watch.wait()
+    if watch.timed_out:
+        raise SandboxFailed("time_limit", f"it ran past its time limit of {watch.limit_s:g} s")
+    if error is not None:
+        raise SandboxFailed(error.code, error.message)
+    if result is not None and returncode == 0:
+        return result
+    if watch.cancel_sent:
+        raise SandboxFailed("canceled", "canceled")
+    raise SandboxFailed("crashed", _crash_message(returncode))
+
+
+def _crash_message(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        cause = f"was killed by {name}"
+        if -returncode == signal.SIGKILL:
+            cause += " (most often: it ran out of memory)"
+    else:
+        cause = f"exited with status {returncode} without a result"
+    return (
+        f"the training process {cause}; try a smaller batch size or model, or ask the "
+        "operator to raise KDSERVE_SANDBOX_MEMORY_MB"
+    )
+
+
+class _Watch:
+    """A thread that enforces the time limit and forwards cancel requests."""
+
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        control: IO[bytes],
+        limit_s: float,
+        should_cancel: Callable[[], bool] | None,
+    ) -> None:
+        self.proc, self.control, self.limit_s = proc, control, limit_s
+        self.should_cancel = should_cancel
+        self.timed_out = False
+        self.cancel_sent = False
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._deadline = time.monotonic() + limit_s
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="sandbox-watch")
+        self._thread.start()
+
+    def _loop(self) -> None:
+        canceled_at = 0.0
+        while not self._done.wait(_WATCH_INTERVAL_S) and self.proc.poll() is None:
+            now = time.monotonic()
+            if now > self._deadline:
+                self.timed_out = True
+                self.kill()
+            elif not self.cancel_sent and self.should_cancel is not None and self.should_cancel():
+                self.cancel_sent, canceled_at = True, now
+                self.send(CANCEL)
+            elif self.cancel_sent and now - canceled_at > CANCEL_GRACE_S:
+                self.kill()
+
+    def send(self, line: bytes) -> None:
+        with self._lock:
+            try:
+                self.control.write(line)
+            except (BrokenPipeError, ValueError):  # the child is gone, or we closed it
+                pass
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()  # bwrap's --die-with-parent takes the child with it
+
+    def wait(self) -> int:
+        return self.proc.wait()
+
+    def stop(self) -> None:
+        """End the conversation: close the pipe (the child exits), reap it, stop the thread."""
+        self._done.set()
+        with self._lock:
+            self.control.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            self.proc.wait()
+        self._thread.join()

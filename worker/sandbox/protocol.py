@@ -1,0 +1,121 @@
+"""What the worker and its sandboxed child say to each other.
+
+The parent writes a :data:`Request` to ``request.json`` in the child's folder. The child
+answers on a pipe, one JSON line per message: :class:`ProgressMessage` while it trains,
+then one :class:`ResultMessage` or :class:`ErrorMessage`. After an ``epoch`` progress
+message the child waits for the parent's ``ack`` line on a second pipe (the parent saves
+the checkpoint meanwhile, so it never reads a file the child is rewriting); ``cancel`` on
+that pipe asks the child to stop at the next step.
+
+Everything the child sends is untrusted (a code checkpoint may have written to the pipe),
+so the parent validates every line with these models and caps line lengths.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+REQUEST_NAME = "request.json"
+MAX_LINE_BYTES = 1 << 20  # a report is a few KB; anything longer is not ours
+ACK = b"ack\n"
+CANCEL = b"cancel\n"
+
+ErrorCode = Literal[
+    "canceled", "diverged", "invalid_input", "out_of_memory", "time_limit", "crashed", "internal"
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Limits(_Model):
+    memory_mb: int = Field(ge=0)  # address space (RLIMIT_AS); 0: no limit (GPU workers)
+    file_mb: int = Field(ge=0)  # largest file the child may write (RLIMIT_FSIZE); 0: none
+    threads: int = Field(ge=0)  # torch intra-op threads; 0: torch's default
+
+
+class TeacherInput(_Model):
+    path: str  # relative to the child's folder
+    arch: Any | None = None
+    allow_code: bool = False
+
+
+class DistillRequest(_Model):
+    """Train a student: ``kdcore.pipeline.run``, writing into ``out/``."""
+
+    op: Literal["distill"] = "distill"
+    limits: Limits
+    student: Any
+    config: dict[str, Any]
+    data: str
+    val: str | None = None
+    teacher: TeacherInput | None = None
+    formats: list[str]
+
+
+class TeacherRequest(_Model):
+    """Load a teacher into its architecture and describe it (upload validation)."""
+
+    op: Literal["teacher"] = "teacher"
+    limits: Limits
+    teacher: TeacherInput
+    input_shape: list[int]
+    num_classes: int
+
+
+class DatasetRequest(_Model):
+    """Load a dataset archive and describe it (upload validation)."""
+
+    op: Literal["dataset"] = "dataset"
+    limits: Limits
+    path: str
+
+
+Request = Annotated[DistillRequest | TeacherRequest | DatasetRequest, Field(discriminator="op")]
+
+
+class ProgressMessage(_Model):
+    type: Literal["progress"] = "progress"
+    progress: dict[str, Any]  # the fields of kdcore.train.Progress
+
+
+class ResultMessage(_Model):
+    type: Literal["result"] = "result"
+    result: dict[str, Any]
+
+
+class ErrorMessage(_Model):
+    type: Literal["error"] = "error"
+    code: ErrorCode
+    message: str = Field(max_length=4000)
+
+
+Message = Annotated[ProgressMessage | ResultMessage | ErrorMessage, Field(discriminator="type")]
+
+
+class TeacherResult(_Model):
+    format: str
+    layers: list[dict[str, Any]]
+    params: int
+    macs: int | None
+
+
+class DatasetResult(_Model):
+    samples: int
+    input_shape: list[int]
+    classes: list[str]
+
+
+_MESSAGE: TypeAdapter[Message] = TypeAdapter(Message)
+
+
+def parse_message(line: bytes) -> ProgressMessage | ResultMessage | ErrorMessage:
+    """Validate one line from the child.
+
+    Raises:
+        pydantic.ValidationError: not a message of this protocol.
+    """
+    return _MESSAGE.validate_json(line)
