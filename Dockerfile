@@ -92,6 +92,13 @@ COPY migrations/ migrations/
 RUN pip install --no-deps -e . \
  && python -m compileall -q kdcore store api worker cli client migrations
 
+# bubblewrap builds the job sandbox's namespaces (worker/sandbox). Without it, or where the
+# container's seccomp profile forbids user namespaces, jobs still run in a plain child process
+# and code checkpoints are refused (docs/deploy.md, "The job sandbox").
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends bubblewrap \
+ && rm -rf /var/lib/apt/lists/*
+
 USER 10001:10001
 # One job at a time per GPU, a fresh child process per job (frees GPU memory, isolates the
 # checkpoint loading). Compose passes the same flags; the beat scheduler runs in its own service.

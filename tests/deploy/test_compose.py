@@ -268,12 +268,22 @@ def test_all_kdserve_processes_share_one_configuration(services: dict[str, Any])
         return {
             k: v
             for k, v in env.items()
-            if k.startswith(PREFIX) and not k.startswith(f"{PREFIX}API_")
+            # API_ settings are the API's own; SANDBOX_ ones differ by worker kind (below).
+            if k.startswith(PREFIX) and not k.startswith((f"{PREFIX}API_", f"{PREFIX}SANDBOX_"))
         }
 
     reference = shared("api")
     for name in KDSERVE_SERVICES:
         assert shared(name) == reference, name
+
+
+def test_gpu_workers_cap_memory_by_container_not_by_rlimit(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # RLIMIT_AS breaks CUDA, which reserves far more address space than it uses.
+    assert settings_for(services["worker"], monkeypatch).sandbox_memory_mb == 0
+    assert services["worker"]["mem_limit"]
+    assert settings_for(services["worker-cpu"], monkeypatch).sandbox_memory_mb > 0
 
 
 def test_visibility_timeout_exceeds_the_job_time_limit(

@@ -84,7 +84,10 @@ def db(request: pytest.FixtureRequest) -> Db:
 def _env(db: Db, tmp_path: Path) -> Env:
     store = LocalStore(tmp_path / "storage")
     settings = Settings(
-        home=tmp_path / "home", database_url=db.url, storage_url=store.root.as_uri()
+        home=tmp_path / "home",
+        database_url=db.url,
+        storage_url=store.root.as_uri(),
+        sandbox_threads=1,  # tiny models train fastest on one thread
     )
     return Env(settings=settings, sessions=db.sessions, store=store)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import re
+import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta

@@ -162,6 +162,7 @@ def test_an_upload_missing_from_storage_is_invalid(env: Env) -> None:
     with env.sessions() as s:
         uploaded = AssetRepository(s).teacher_with_blob(teacher_id)
         assert uploaded is not None
+        assert uploaded.blob is not None
     env.store.delete(uploaded.blob.uri)
     status, row = check_teacher(env, teacher_id)
     assert status is AssetStatus.invalid

@@ -152,18 +152,18 @@ def _dataset(req: DatasetRequest, box: Path, channel: Channel) -> dict[str, Any]
 
 def _error(exc: BaseException) -> tuple[ErrorCode, str]:
     """Sort an exception into the codes the worker understands."""
-    from kdcore.train import Canceled, Diverged
-
     text = str(exc) or type(exc).__name__
-    if isinstance(exc, Canceled):
-        return "canceled", text
-    if isinstance(exc, Diverged):
-        return "diverged", text
     if isinstance(exc, MemoryError) or (
         isinstance(exc, RuntimeError)
         and ("can't allocate memory" in text or "out of memory" in text.lower())
     ):
         return "out_of_memory", text
+    from kdcore.train import Canceled, Diverged  # imported: exc may be from before torch
+
+    if isinstance(exc, Canceled):
+        return "canceled", text
+    if isinstance(exc, Diverged):
+        return "diverged", text
     if isinstance(exc, ValueError):  # bad spec, config, layer, shape, data or weights
         return "invalid_input", text
     return "internal", f"{type(exc).__name__}: {text}"

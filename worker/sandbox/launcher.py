@@ -251,13 +251,15 @@ def _converse(
 
 
 def _crash_message(returncode: int) -> str:
-    if returncode < 0:
+    # Popen reports a signal as -N; bwrap, like a shell, as 128 + N.
+    signum = -returncode if returncode < 0 else returncode - 128 if returncode > 128 else 0
+    if signum:
         try:
-            name = signal.Signals(-returncode).name
+            name = signal.Signals(signum).name
         except ValueError:
-            name = f"signal {-returncode}"
+            name = f"signal {signum}"
         cause = f"was killed by {name}"
-        if -returncode == signal.SIGKILL:
+        if signum == signal.SIGKILL:
             cause += " (most often: it ran out of memory)"
     else:
         cause = f"exited with status {returncode} without a result"
