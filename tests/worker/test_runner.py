@@ -14,7 +14,9 @@ from typing import IO, Any
 
 import psycopg
 import pytest
+import torch
 from sqlalchemy.exc import OperationalError
+from torch import nn
 
 from kdcore.train import CHECKPOINT_NAME
 from store.blobs import LocalStore, StorageError, StoredObject
@@ -22,7 +24,14 @@ from store.db import transaction
 from store.models import JobStatus, utcnow
 from store.repositories.runs import LeaseState, RunRepository
 from tests.kdcore.factories import config
-from tests.worker.factories import Env, World, create_world
+from tests.worker.factories import (
+    Env,
+    World,
+    create_teacher,
+    create_world,
+    state_dict_bytes,
+    teacher_model,
+)
 from worker import runner
 from worker.reaper import reap_jobs
 from worker.retry import NO_WAIT
@@ -148,6 +157,31 @@ def test_a_diverging_job_fails_as_diverged(env: Env, world: World) -> None:
     assert (job.status, job.error_code) == (JobStatus.failed, "diverged")
     assert job.error_message is not None
     assert job.error_message.startswith("training diverged in stage 'scratch', epoch ")
+
+
+def test_a_job_diverging_after_good_epochs_keeps_their_checkpoint(env: Env, world: World) -> None:
+    # A teacher whose logits overflow: the hint stage (on a middle layer) trains well, the
+    # KD stage's loss is NaN at its first step.
+    teacher = teacher_model()
+    head = [m for m in teacher.modules() if isinstance(m, nn.Linear)][-1]
+    with torch.no_grad():
+        head.weight.fill_(1e38)
+    overflowing = env.add(
+        lambda s: (
+            create_teacher(s, env.store, world.tenant_id, content=state_dict_bytes(teacher)).id
+        )
+    )
+    job_id = world.job(env, teacher_id=overflowing, config=FITNET)
+    assert env.run(job_id) is Outcome.failed
+    job = env.job(job_id)
+    assert (job.status, job.error_code) == (JobStatus.failed, "diverged")
+    assert job.error_message is not None
+    assert re.match(r"training diverged in stage 'kd', epoch 1, step \d+ ", job.error_message)
+    # The hint epoch's checkpoint stays in storage: a resubmission with a lower lr can
+    # start from it, and nothing of the blown-up stage is published.
+    assert env.store.exists(work_uri(env, job_id, world.tenant_id, CHECKPOINT_NAME))
+    assert env.artifacts(job_id) == {}
+    assert job.epoch == 1
 
 
 def test_a_cancel_requested_before_the_start_cancels_without_training(
