@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,11 +14,13 @@ from api.jobs.endpoints import router as jobs_router
 from api.kit import errors
 from api.kit.deps import Services
 from api.teachers.endpoints import router as teachers_router
-from store.blobs import store_from_settings
+from store.blobs import BlobStore, store_from_settings
 from store.db import make_engine, make_sessionmaker
 from store.queue import make_celery
 from store.settings import Settings
 from store.settings import settings as default_settings
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -26,13 +29,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.db_url, pool_size=settings.database_pool_size)
+        store = store_from_settings(settings)
         app.state.services = Services(
             settings=settings,
             engine=engine,
             sessions=make_sessionmaker(engine),
-            store=store_from_settings(settings),
+            store=store,
             celery=make_celery(settings),
         )
+        _sweep_unfinished_uploads(store)
         yield
         engine.dispose()
 
@@ -48,3 +53,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (health_router, teachers_router, datasets_router, jobs_router):
         app.include_router(router)
     return app
+
+
+# An upload still unfinished after this long belongs to an API process that was killed.
+UNFINISHED_UPLOAD_MAX_AGE_S = 24 * 3600
+
+
+def _sweep_unfinished_uploads(store: BlobStore) -> None:
+    """Drop uploads that killed API processes left behind; storage trouble only delays it
+    (the next start tries again), it never stops the API from starting."""
+    try:
+        removed = store.sweep_unfinished(UNFINISHED_UPLOAD_MAX_AGE_S)
+    except Exception as exc:
+        log.warning("could not sweep unfinished uploads: %s", exc)
+        return
+    if removed:
+        log.info("removed %d unfinished uploads left by killed API processes", removed)

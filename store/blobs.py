@@ -14,10 +14,12 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import unquote, urlparse
@@ -113,6 +115,11 @@ class BlobStore(ABC):
     def iter_bytes(self, uri: str, chunk: int = 1 << 20) -> Iterator[bytes]:
         raise NotImplementedError
 
+    def sweep_unfinished(self, older_than_s: float) -> int:
+        """Remove uploads a killed process left unfinished (never visible as objects) that
+        started over ``older_than_s`` ago; returns how many."""
+        return 0
+
 
 # -- local folder ----------------------------------------------------------------------
 
@@ -185,6 +192,18 @@ class LocalStore(BlobStore):
 
     def local_path(self, uri: str) -> Path | None:
         return self._path(uri)
+
+    def sweep_unfinished(self, older_than_s: float) -> int:
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for path in self.root.rglob(".*.partial"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:  # finished or aborted meanwhile
+                continue
+        return removed
 
     def iter_bytes(self, uri: str, chunk: int = 1 << 20) -> Iterator[bytes]:
         with self._path(uri).open("rb") as f:
@@ -343,6 +362,19 @@ class S3Store(BlobStore):
             "get_object", Params=params, ExpiresIn=expires_s
         )
         return url
+
+    def sweep_unfinished(self, older_than_s: float) -> int:
+        cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
+        removed = 0
+        pages = self.client.get_paginator("list_multipart_uploads")
+        for page in pages.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for upload in page.get("Uploads", []):
+                if upload["Initiated"] < cutoff:
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    removed += 1
+        return removed
 
     def iter_bytes(self, uri: str, chunk: int = 1 << 20) -> Iterator[bytes]:
         body = self.client.get_object(Bucket=self.bucket, Key=self._split(uri))["Body"]

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = Field(default=60.0, gt=0)
     reap_interval_s: float = Field(default=15.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
+    # A queued job, or an upload still validating, untouched this long gets its message sent
+    # again (one lost with a broker restart): long enough that a job waiting its turn behind
+    # others is rarely sent twice (a second message is harmless, only one attempt claims).
+    resend_after_s: float = Field(default=600.0, gt=0)
 
     # -- storage -------------------------------------------------------------------------
     storage_url: str | None = None  # file:///abs/path or s3://bucket/prefix

@@ -7,9 +7,10 @@ last checkpoint. A job that has used ``max_attempts`` fails with ``worker_lost``
 that kills its worker every time (a GPU out-of-memory abort) does not loop forever.
 
 Messages are sent after the commit that requeued the job. A message lost on the way (the
-broker was down when the API or the reaper sent it) is covered too: a job ``queued`` and
-untouched for ``resend_queued_after_s`` gets its message sent again. Extra messages are
-harmless, since only one attempt can claim a job.
+broker was down when the API or the reaper sent it, or restarted without persistence) is
+covered too: a job ``queued``, or a teacher or dataset ``validating``, untouched for
+``KDSERVE_RESEND_AFTER_S`` gets its message sent again. Extra messages are harmless: only
+one attempt can claim a job, and a validation writes only while the row is ``validating``.
 """
 
 from __future__ import annotations
@@ -19,18 +20,18 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.db import transaction
-from store.models import utcnow
+from store.models import DatasetRecord, Teacher, utcnow
+from store.queue import VALIDATE_DATASET, VALIDATE_TEACHER
+from store.repositories.assets import AssetRepository
 from store.repositories.runs import RunRepository
 from store.settings import Settings
 
 log = logging.getLogger(__name__)
-
-# Long enough that a job waiting its turn behind others is rarely sent twice.
-RESEND_QUEUED_AFTER_S = 600.0
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Reaped:
     requeued: list[uuid.UUID] = field(default_factory=list)
     failed: list[uuid.UUID] = field(default_factory=list)
     resent: list[uuid.UUID] = field(default_factory=list)
+    revalidated: list[uuid.UUID] = field(default_factory=list)
 
 
 def reap_jobs(
@@ -45,12 +47,16 @@ def reap_jobs(
     settings: Settings,
     sessions: sessionmaker[Session],
     send: Callable[[str], None],
+    send_task: Callable[[str, str], None] | None = None,
     now: datetime | None = None,
-    resend_queued_after_s: float | None = RESEND_QUEUED_AFTER_S,
+    resend_queued_after_s: float | None = None,
 ) -> Reaped:
     """Requeue (and re-send) or fail every job with a stale heartbeat; re-send the message
-    of jobs queued too long. ``send(job_id)`` sends the run message."""
+    of jobs queued, and uploads validating, too long (default ``settings.resend_after_s``).
+    ``send(job_id)`` sends a run message, ``send_task(name, id)`` a validation message."""
     now = now or utcnow()
+    if resend_queued_after_s is None:
+        resend_queued_after_s = settings.resend_after_s
     stale_before = now - timedelta(seconds=settings.heartbeat_timeout_s)
     reaped = Reaped()
     with sessions() as session:
@@ -89,7 +95,30 @@ def reap_jobs(
             )
             reaped.resent.append(job_id)
             _send(send, job_id)
+        if send_task is not None:
+            reaped.revalidated = _resend_validations(sessions, send_task, queued_before, now)
     return reaped
+
+
+def _resend_validations(
+    sessions: sessionmaker[Session],
+    send_task: Callable[[str, str], None],
+    before: datetime,
+    now: datetime,
+) -> list[uuid.UUID]:
+    sent = []
+    for model, task in ((Teacher, VALIDATE_TEACHER), (DatasetRecord, VALIDATE_DATASET)):
+        with sessions() as session:
+            waiting = AssetRepository(session).stale_validating(model, before=before)
+        for row_id in waiting:
+            with transaction(sessions) as session:
+                repo = AssetRepository(session)
+                if not repo.touch_validating(model, row_id, before=before, now=now):
+                    continue
+            log.info("%s %s: still validating; sending its message again", task, row_id)
+            sent.append(row_id)
+            _send(partial(send_task, task), row_id)
+    return sent
 
 
 def _send(send: Callable[[str], None], job_id: uuid.UUID) -> None:

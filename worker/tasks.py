@@ -37,4 +37,5 @@ def reap_jobs_task() -> None:
         settings=r.settings,
         sessions=r.sessions,
         send=lambda job_id: celery.send_task(RUN_JOB, args=[job_id], queue=queue),
+        send_task=lambda name, row_id: celery.send_task(name, args=[row_id]),
     )

@@ -9,8 +9,8 @@ from starlette.datastructures import UploadFile
 from api.kit.deps import ServicesDep, SessionDep, TenantDep, parse_id
 from api.kit.errors import Invalid, NotFound, UnsupportedMediaType, problems
 from api.kit.pagination import decode_cursor, split_page
-from api.kit.schemas import DEFAULT_PAGE, MAX_PAGE
-from api.kit.uploads import iter_upload_file, stream_to_storage
+from api.kit.schemas import DEFAULT_PAGE, MAX_PAGE, plain_text
+from api.kit.uploads import Quota, iter_upload_file, read_form, stream_to_storage
 from store.repositories.catalog import DatasetRepository
 
 from . import service
@@ -62,7 +62,7 @@ async def create_dataset(
     """Upload a dataset (.npz or image-folder archive); a worker then validates it."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=4)
+        form = await read_form(request, max_fields=4)
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise Invalid("multipart body needs a `file` part")
@@ -78,8 +78,16 @@ async def create_dataset(
             "send multipart/form-data with a `file` part, or "
             "application/octet-stream with ?filename=..."
         )
+    quota = await run_in_threadpool(Quota.of, session, services.settings, tenant)
+    if ctype == "application/octet-stream":  # a multipart length also counts the form
+        quota.check_declared(request.headers.get("content-length"))
+    name = plain_text(name if isinstance(name, str) else "", "name")
     obj = await stream_to_storage(
-        chunks, store=services.store, tenant_id=tenant.id, limit=services.settings.max_upload_bytes
+        chunks,
+        store=services.store,
+        tenant_id=tenant.id,
+        limit=services.settings.max_upload_bytes,
+        quota=quota,
     )
     dataset = await run_in_threadpool(
         service.create,
@@ -88,7 +96,7 @@ async def create_dataset(
         tenant=tenant,
         obj=obj,
         filename=filename,
-        name=name if isinstance(name, str) else "",
+        name=name,
     )
     return service.to_public(dataset)
 

@@ -6,6 +6,7 @@ from sqlalchemy.orm import Session
 
 from api.kit.deps import defer_task
 from api.kit.errors import UnsupportedMediaType
+from api.kit.schemas import plain_text
 from api.kit.uploads import record_blob
 from store.blobs import BlobStore, StoredObject
 from store.models import DatasetRecord, Tenant
@@ -25,7 +26,7 @@ def check_filename(filename: str | None) -> str:
             f"dataset file {filename!r} is not a supported format; send .npz (arrays x, y) or "
             f"an image-folder archive ({', '.join(SUFFIXES[1:])})"
         )
-    return name[-255:]
+    return plain_text(name[-255:], "filename", 255)
 
 
 def create(
@@ -58,8 +59,8 @@ def to_public(d: DatasetRecord) -> DatasetPublic:
         samples=d.samples,
         input_shape=d.input_shape,
         classes=d.classes,
-        size=d.blob.size,
-        sha256=d.blob.sha256,
+        size=d.blob.size if d.blob else None,
+        sha256=d.blob.sha256 if d.blob else None,
         created_at=d.created_at,
         updated_at=d.updated_at,
     )

@@ -146,7 +146,8 @@ def download_artifact(
     redirect to a presigned URL on S3."""
     repo, job = _job(session, tenant, job_id)
     # Looked up by exact name among the job's rows: a name can never reach another path.
-    artifact = repo.artifact(job.id, name)
+    # Names are plain file names: no separators, and no NUL (which Postgres text refuses).
+    artifact = None if {"/", "\\", "\x00"} & set(name) else repo.artifact(job.id, name)
     if artifact is None:
         raise NotFound(f"job {job.id} has no artifact {name!r}")
     path = services.store.local_path(artifact.uri)

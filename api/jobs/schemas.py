@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.kit.schemas import PLAIN_TEXT
 from store.models import JobStatus
 
 
@@ -17,7 +18,7 @@ class JobCreate(BaseModel):
     val_dataset_id: uuid.UUID | None = None
     student: dict[str, Any] = Field(description="architecture spec of the student")
     config: dict[str, Any] = Field(description="training config (method, epochs, ...)")
-    name: str | None = Field(default=None, max_length=200)
+    name: str | None = Field(default=None, max_length=200, pattern=PLAIN_TEXT)
 
 
 class JobError(BaseModel):

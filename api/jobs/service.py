@@ -21,6 +21,7 @@ from store.repositories.jobs import JobRepository
 from store.settings import Settings
 
 from .schemas import JobCreate, JobError, JobPublic
+from .shapes import Shape, regressor_problem, student_shapes
 
 
 def submit(
@@ -56,9 +57,13 @@ def submit(
                 f"{len(val.classes or [])} classes do not match the training data "
                 f"({data.input_shape}, {len(data.classes or [])} classes)"
             )
+    try:
+        shapes = student_shapes(student, tuple(data.input_shape or ()), len(data.classes or []))
+    except SpecError as exc:
+        raise Invalid(f"student: {exc}") from exc
     teacher = _teacher(session, tenant, body, config, data)
     if config.hint is not None and teacher is not None:
-        _check_hint(config, teacher, student)
+        _check_hint(config, teacher, student, shapes)
     train_samples = (data.samples or 0) * (1 if val is not None else 1 - config.val_split)
     if config.batch_size > train_samples:
         raise Invalid(
@@ -146,7 +151,9 @@ def _teacher(
     return teacher
 
 
-def _check_hint(config: DistillConfig, teacher: Teacher, student: Any) -> None:
+def _check_hint(
+    config: DistillConfig, teacher: Teacher, student: Any, shapes: dict[str, Shape] | None
+) -> None:
     assert config.hint is not None
     teacher_paths = [layer["path"] for layer in teacher.layers or []]
     if config.hint.teacher_layer not in teacher_paths:
@@ -160,6 +167,23 @@ def _check_hint(config: DistillConfig, teacher: Teacher, student: Any) -> None:
             "config.hint.student_layer: "
             + describe_missing_layer(config.hint.student_layer, student_paths)
         )
+    guided = (shapes or {}).get(config.hint.student_layer)
+    hint = next(
+        (
+            layer.get("shape")
+            for layer in teacher.layers or []
+            if layer["path"] == config.hint.teacher_layer
+        ),
+        None,
+    )
+    if guided is not None and hint is not None:
+        problem = regressor_problem(tuple(guided), tuple(hint))
+        if problem is not None:
+            raise Invalid(
+                f"config.hint: student layer {config.hint.student_layer!r} {tuple(guided)} "
+                f"and teacher layer {config.hint.teacher_layer!r} {tuple(hint)} do not fit: "
+                + problem
+            )
 
 
 def to_public(j: Job) -> JobPublic:

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 PROBLEM = "application/problem+json"
 
@@ -61,6 +62,10 @@ class PayloadTooLarge(KDServeError):
     status_code, code, title = 413, "too_large", "Payload too large"
 
 
+class QuotaExceeded(PayloadTooLarge):
+    code, title = "quota_exceeded", "Storage quota exceeded"
+
+
 class UnsupportedMediaType(KDServeError):
     status_code, code, title = 415, "unsupported_media_type", "Unsupported media type"
 
@@ -99,6 +104,17 @@ def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": Problem, "content": {PROBLEM: {}}} for s in statuses}
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods the OpenAPI document gives the request's path (HEAD goes with GET)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        if compile_path(template)[0].match(request.scope["path"]):
+            methods |= {m.upper() for m in operations}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(KDServeError)
     async def _kdserve(_r: Request, exc: KDServeError) -> JSONResponse:
@@ -116,8 +132,19 @@ def install(app: FastAPI) -> None:
         return problem_response(422, "Invalid request", detail, "invalid", errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else "request failed"
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            # Starlette's `Allow` names only the first route with this path (GET of
+            # /v1/teachers/{id}, not its DELETE): list every method the path has.
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+        if exc.status_code == 400:
+            # FastAPI/Starlette could not parse the body (not UTF-8, a broken form): the same
+            # 422 as a body that parses but does not validate (invalid JSON is one already).
+            return problem_response(
+                422, "Invalid request", f"the request body could not be parsed: {detail}", "invalid"
+            )
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
             exc.status_code, "http_error"
         )
@@ -130,7 +157,7 @@ def install(app: FastAPI) -> None:
             detail if exc.status_code != 413 else "Payload too large",
             detail,
             code,
-            headers=getattr(exc, "headers", None),
+            headers=headers,
         )
 
     @app.exception_handler(OperationalError)

@@ -33,6 +33,17 @@ def parse_shape(value: Any, field: str = "input_shape") -> list[int]:
     return value
 
 
+# Text that goes into the database: no control characters (Postgres refuses NUL outright).
+PLAIN_TEXT = r"^[^\x00-\x1f\x7f]*$"
+
+
+def plain_text(value: str, field: str, max_length: int = 200) -> str:
+    """``value`` if it is printable and short enough for its column, else a 422."""
+    if len(value) > max_length or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise Invalid(f"{field} must be at most {max_length} printable characters")
+    return value
+
+
 def parse_json_object(value: str | None, field: str) -> dict[str, Any] | None:
     if value is None or value == "":
         return None

@@ -10,8 +10,8 @@ from starlette.datastructures import UploadFile
 from api.kit.deps import ServicesDep, SessionDep, TenantDep, parse_id
 from api.kit.errors import Invalid, NotFound, UnsupportedMediaType, problems
 from api.kit.pagination import decode_cursor, split_page
-from api.kit.schemas import DEFAULT_PAGE, MAX_PAGE, parse_json_object, parse_shape
-from api.kit.uploads import iter_upload_file, stream_to_storage
+from api.kit.schemas import DEFAULT_PAGE, MAX_PAGE, parse_json_object, parse_shape, plain_text
+from api.kit.uploads import Quota, iter_upload_file, read_form, stream_to_storage
 from store.repositories.catalog import TeacherRepository
 
 from . import service
@@ -76,14 +76,18 @@ async def create_teacher(
             body = TeacherFromJob.model_validate_json(await request.body())
         except ValidationError as exc:
             raise Invalid(
-                "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+                'send {"from_job": "<job id>", "name": "..."}: '
+                + "; ".join(
+                    f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
+                    for e in exc.errors()
+                )
             ) from exc
         teacher = await run_in_threadpool(
             service.create_from_job, session, tenant=tenant, job_id=body.from_job, name=body.name
         )
         return service.to_public(teacher)
     if ctype == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=8)
+        form = await read_form(request, max_fields=8)
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise Invalid("multipart body needs a `file` part with the teacher's weights")
@@ -101,8 +105,18 @@ async def create_teacher(
     arch = service.check_arch(parse_json_object(_text(fields.get("arch")), "arch"))
     input_shape = parse_shape(_text(fields.get("input_shape")) or "")
     num_classes = _int(fields.get("num_classes"), "num_classes")
+    name = plain_text(_text(fields.get("name")) or "", "name")
+    if num_classes < 2:  # before streaming, so a refusal stores nothing
+        raise Invalid("num_classes must be at least 2")
+    quota = await run_in_threadpool(Quota.of, session, services.settings, tenant)
+    if ctype == "application/octet-stream":  # a multipart length also counts the form
+        quota.check_declared(request.headers.get("content-length"))
     obj = await stream_to_storage(
-        chunks, store=services.store, tenant_id=tenant.id, limit=services.settings.max_upload_bytes
+        chunks,
+        store=services.store,
+        tenant_id=tenant.id,
+        limit=services.settings.max_upload_bytes,
+        quota=quota,
     )
     teacher = await run_in_threadpool(
         service.create_from_upload,
@@ -113,7 +127,7 @@ async def create_teacher(
         arch=arch,
         input_shape=input_shape,
         num_classes=num_classes,
-        name=_text(fields.get("name")) or "",
+        name=name,
     )
     return service.to_public(teacher)
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from api.kit.schemas import PLAIN_TEXT
 from store.models import AssetStatus
 
 
@@ -20,7 +21,7 @@ class TeacherFromJob(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     from_job: uuid.UUID
-    name: str | None = Field(default=None, max_length=200)
+    name: str | None = Field(default=None, max_length=200, pattern=PLAIN_TEXT)
 
 
 class TeacherPublic(BaseModel):

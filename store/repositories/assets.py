@@ -8,6 +8,7 @@ twice (or concurrently) writes once.
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, delete, exists, or_, select, update
@@ -39,6 +40,41 @@ class AssetRepository:
     def finish_dataset(self, dataset_id: uuid.UUID, **values: Any) -> bool:
         """Write the validation result if the dataset is still ``validating``."""
         return self._finish(DatasetRecord, dataset_id, values)
+
+    def stale_validating(
+        self, model: type[Teacher] | type[DatasetRecord], *, before: datetime, limit: int = 100
+    ) -> list[uuid.UUID]:
+        """Uploads still ``validating`` and untouched since ``before``: their validation
+        message may have been lost."""
+        return list(
+            self.session.scalars(
+                select(model.id)
+                .where(model.status == AssetStatus.validating, model.updated_at < before)
+                .order_by(model.updated_at)
+                .limit(limit)
+            )
+        )
+
+    def touch_validating(
+        self,
+        model: type[Teacher] | type[DatasetRecord],
+        row_id: uuid.UUID,
+        *,
+        before: datetime,
+        now: datetime,
+    ) -> bool:
+        """Restart an upload's clock before its message is sent again (compare-and-set)."""
+        stmt = (
+            update(model)
+            .where(
+                model.id == row_id,
+                model.status == AssetStatus.validating,
+                model.updated_at < before,
+            )
+            .values(updated_at=now)
+        )
+        result = self.session.execute(stmt, execution_options={"synchronize_session": False})
+        return bool(cast(CursorResult[Any], result).rowcount)
 
     def release_blob(
         self, model: type[Teacher] | type[DatasetRecord], row_id: uuid.UUID

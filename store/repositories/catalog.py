@@ -7,10 +7,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import Exists, exists, func, or_, select
 from sqlalchemy.orm import Session, joinedload
 
-from store.models import DatasetRecord, Teacher, utcnow
+from store.models import AssetStatus, Blob, DatasetRecord, Teacher, utcnow
 from store.repositories.common import page
 
 
@@ -80,3 +80,22 @@ class DatasetRepository:
 
     def delete(self, dataset: DatasetRecord) -> None:
         dataset.deleted_at = utcnow()
+
+
+def stored_bytes(session: Session, tenant_id: uuid.UUID) -> int:
+    """Bytes the tenant's quota counts: each blob once (uploads are deduplicated), if a
+    teacher or dataset that is neither deleted nor invalid refers to it."""
+
+    def used_by(model: type[Teacher] | type[DatasetRecord]) -> Exists:
+        return exists().where(
+            model.blob_id == Blob.id,
+            model.deleted_at.is_(None),
+            model.status != AssetStatus.invalid,
+        )
+
+    total = session.scalar(
+        select(func.coalesce(func.sum(Blob.size), 0)).where(
+            Blob.tenant_id == tenant_id, or_(used_by(Teacher), used_by(DatasetRecord))
+        )
+    )
+    return int(total or 0)

@@ -54,6 +54,22 @@ def test_aborted_write_leaves_nothing(store: BlobStore) -> None:
         assert not [p for p in store.root.rglob("*") if p.is_file()]
 
 
+def test_uploads_a_killed_process_left_unfinished_are_swept(store: BlobStore) -> None:
+    # A writer that never commits nor aborts: its process was killed mid-upload.
+    orphan = store.writer("tenants/t/blobs/orphan")
+    orphan.write(b"x" * (PART_SIZE + 10))  # past one S3 part: a real multipart upload
+    done = store.writer("tenants/t/blobs/done")
+    done.write(b"kept")
+    kept = done.commit()
+    if isinstance(store, LocalStore):  # moto dates every multipart upload 2010-11-10
+        assert store.sweep_unfinished(older_than_s=3600) == 0  # too young: maybe running
+    assert store.sweep_unfinished(older_than_s=-1) == 1
+    assert store.exists(kept.uri)
+    assert not store.exists(store.uri("tenants/t/blobs/orphan"))
+    if isinstance(store, LocalStore):
+        assert [p.name for p in store.root.rglob("*") if p.is_file()] == ["done"]
+
+
 def test_keys_cannot_escape_the_root(store: BlobStore) -> None:
     with pytest.raises(StorageError):
         store.writer("../outside")

@@ -6,9 +6,18 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from sqlalchemy.orm import Session
 
-from store.models import JobStatus, utcnow
-from tests.worker.factories import Env, World, create_world
+from store.models import AssetStatus, DatasetRecord, JobStatus, Teacher, utcnow
+from store.queue import VALIDATE_DATASET, VALIDATE_TEACHER
+from tests.worker.factories import (
+    Env,
+    World,
+    create_dataset,
+    create_teacher,
+    create_tenant,
+    create_world,
+)
 from worker.reaper import reap_jobs
 
 
@@ -67,6 +76,44 @@ def test_a_queued_job_whose_message_was_lost_is_sent_again_once_per_period(
     assert (reaped.resent, sent) == ([old], [str(old)])
     assert reap_jobs(settings=env.settings, sessions=env.sessions, send=sent.append).resent == []
     assert recent not in sent
+
+
+def test_an_upload_whose_validation_message_was_lost_is_sent_again(env: Env) -> None:
+    def validating(model: type[Teacher] | type[DatasetRecord], age_s: float) -> uuid.UUID:
+        def add(s: Session) -> uuid.UUID:
+            tenant = create_tenant(s)
+            if model is Teacher:
+                row: Teacher | DatasetRecord = create_teacher(s, env.store, tenant.id)
+            else:
+                row = create_dataset(s, env.store, tenant.id)
+            row.status = AssetStatus.validating
+            row.updated_at = utcnow() - timedelta(seconds=age_s)
+            return row.id
+
+        return env.add(add)
+
+    old_teacher = validating(Teacher, 3600)
+    old_dataset = validating(DatasetRecord, 3600)
+    validating(Teacher, 1)  # recent: its message is probably still on its way
+    sent: list[tuple[str, str]] = []
+    runs: list[str] = []
+
+    def send_task(name: str, row_id: str) -> None:
+        sent.append((name, row_id))
+
+    reaped = reap_jobs(
+        settings=env.settings, sessions=env.sessions, send=runs.append, send_task=send_task
+    )
+    assert sorted(reaped.revalidated) == sorted([old_teacher, old_dataset])
+    assert sorted(sent) == sorted(
+        [(VALIDATE_TEACHER, str(old_teacher)), (VALIDATE_DATASET, str(old_dataset))]
+    )
+    # The clock restarted: the next round sends nothing.
+    again = reap_jobs(
+        settings=env.settings, sessions=env.sessions, send=runs.append, send_task=send_task
+    )
+    assert again.revalidated == []
+    assert runs == []
 
 
 def test_a_broker_outage_while_sending_does_not_stop_the_reaper(env: Env, world: World) -> None:
