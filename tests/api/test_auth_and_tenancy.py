@@ -1,12 +1,16 @@
 from __future__ import annotations
 
+import hashlib
+import hmac
 import subprocess
 import sys
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from store import keys
 from store.repositories.tenants import TenantRepository
 from tests.api.factories import Tenancy, create_dataset, create_job, create_teacher
 
@@ -33,6 +37,31 @@ def test_revoked_key_is_refused(
     with sessions() as s, s.begin():
         assert TenantRepository(s).revoke_key(alice.key)
     assert client.get("/v1/jobs", headers=alice.headers).status_code == 401
+
+
+def test_keys_are_stored_as_hashes_only(alice: Tenancy, sessions: sessionmaker[Session]) -> None:
+    secret = alice.key.split("_", 2)[2]
+    with sessions() as s:
+        rows = s.execute(text("SELECT * FROM api_keys WHERE tenant_id = :t"), {"t": alice.id})
+        stored = [str(v) for row in rows for v in row]
+    assert stored
+    assert not any(secret in v or alice.key in v for v in stored)
+    assert hashlib.sha256(alice.key.encode()).hexdigest() in stored
+
+
+def test_keys_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, str]] = []
+    compare = hmac.compare_digest
+
+    def spy(a: str, b: str) -> bool:
+        calls.append((a, b))
+        return compare(a, b)
+
+    monkeypatch.setattr(keys.hmac, "compare_digest", spy)
+    new = keys.generate_key()
+    assert keys.matches(new.key, new.key_hash)
+    assert not keys.matches(new.key + "x", new.key_hash)
+    assert len(calls) == 2  # every comparison, right or wrong, goes through compare_digest
 
 
 def test_another_tenants_resources_are_404_everywhere(

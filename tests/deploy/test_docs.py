@@ -47,3 +47,19 @@ def test_every_service_is_described() -> None:
     services = load_compose()["services"]
     missing = [name for name in services if f"| `{name}` |" not in DOC]
     assert not missing, f"docs/deploy.md's service table lacks {missing}"
+
+
+def test_every_test_named_in_the_promises_exists() -> None:
+    """docs/promises.md pairs each promise with its test: a renamed test must not leave the
+    page pointing at nothing."""
+    page = (ROOT / "docs" / "promises.md").read_text(encoding="utf-8")
+    named = re.findall(r"`([\w/]+\.py)(?:::(\w+))?`", page)
+    assert len(named) > 30
+    missing = []
+    for path, test in named:
+        source = ROOT / "tests" / path
+        if not source.exists() and not (ROOT / path).exists():
+            missing.append(path)
+        elif test and f"def {test}(" not in source.read_text(encoding="utf-8"):
+            missing.append(f"{path}::{test}")
+    assert not missing, f"docs/promises.md names tests that do not exist: {missing}"
