@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import FastAPI
 
 from api.datasets.endpoints import router as datasets_router
@@ -36,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sessions=make_sessionmaker(engine),
             store=store,
             celery=make_celery(settings),
+            db_slots=anyio.Semaphore(settings.database_pool_size),
         )
         _sweep_unfinished_uploads(store)
         yield

@@ -52,7 +52,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def services(workdir: Path) -> Iterator[tuple[str, dict[str, str], str]]:
+def services(
+    workdir: Path, *, worker_queues: str | None = None, extra_env: dict[str, str] | None = None
+) -> Iterator[tuple[str, dict[str, str], str]]:
+    """The API and one worker (on the job queue and `default`, or on ``worker_queues``) on a
+    fresh database; yields the URL, the environment and a key of tenant `bench`."""
     db = f"kdserve_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG + "/postgres", autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{db}"')
@@ -65,6 +69,7 @@ def services(workdir: Path) -> Iterator[tuple[str, dict[str, str], str]]:
         "KDSERVE_STORAGE_URL": (workdir / "storage").as_uri(),
         "KDSERVE_QUEUE": f"bench-{uuid.uuid4().hex[:8]}",
         "KDSERVE_API_PORT": str(port),
+        **(extra_env or {}),
     }
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -89,7 +94,7 @@ def services(workdir: Path) -> Iterator[tuple[str, dict[str, str], str]]:
                     KDSERVE,
                     "worker",
                     "--queues",
-                    f"{env['KDSERVE_QUEUE']},default",
+                    worker_queues or f"{env['KDSERVE_QUEUE']},default",
                     "--concurrency",
                     "1",
                     "--no-beat",

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import anyio
 from celery import Celery
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -34,6 +35,8 @@ class Services:
     store: BlobStore
     celery: Celery
     extra: dict[str, Any] = field(default_factory=dict)
+    # How many requests may hold a database session at once (`db_slot`).
+    db_slots: anyio.Semaphore = field(default_factory=lambda: anyio.Semaphore(10))
 
 
 def get_services(request: Request) -> Services:
@@ -49,7 +52,22 @@ def defer_task(session: Session, name: str, args: list[Any], *, queue: str | Non
     session.info.setdefault("outbox", []).append((name, args, queue))
 
 
-def get_session(services: ServicesDep) -> Iterator[Session]:
+async def db_slot(services: ServicesDep) -> AsyncIterator[None]:
+    """Wait, on the event loop, for one of ``KDSERVE_DATABASE_POOL_SIZE`` session slots.
+
+    A request's session keeps its pooled connection between the thread-pool calls that make
+    up the request (auth, endpoint, commit). Without a bound, more concurrent requests than
+    connections deadlock: every thread waits for a connection held by a request that needs a
+    thread to finish, until the pool times out (30 s). With at most as many sessions as the
+    pool holds, a session always gets its connection and the rest of the requests queue here.
+    """
+    async with services.db_slots:
+        yield
+
+
+def get_session(
+    services: ServicesDep, _slot: Annotated[None, Depends(db_slot, scope="function")]
+) -> Iterator[Session]:
     """One transaction per request: commit when the endpoint returns, then send the tasks it
     deferred (so a worker never sees a row that is not committed); roll back on error."""
     session = services.sessions()
