@@ -225,6 +225,9 @@ def api(
             port=port or settings.api_port,
             workers=workers,
             log_level=log_level,
+            # Longer than clients keep idle connections (kdserve's client: 2 s), so the server
+            # is not the side that closes a connection a client is about to reuse.
+            timeout_keep_alive=30,
         )
 
 
@@ -355,6 +358,7 @@ def up(
         "KDSERVE_API_PORT": str(port),
     }
     api_argv = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory"]
+    api_argv += ["--timeout-keep-alive", "30"]  # as `kdserve api`: outlast the client's 2 s
     commands = {
         "api": [*api_argv, "--host", host, "--port", str(port)],
         "worker": worker_argv(settings, concurrency=1, max_tasks_per_child=1, beat=True),

@@ -85,7 +85,11 @@ class KDServeClient:
         self.max_retry_wait_s = max_retry_wait_s
         self._owns_http = http is None
         self._http = http or httpx.Client(
-            timeout=timeout, headers={"User-Agent": "kdserve-client/1"}
+            timeout=timeout,
+            headers={"User-Agent": "kdserve-client/1"},
+            # Drop idle connections well before the server does (uvicorn: 5 s by default,
+            # `kdserve api`: 30 s), or a request can race the server's close: ReadError.
+            limits=httpx.Limits(keepalive_expiry=2.0),
         )
         self._sleep: Callable[[float], None] = time.sleep  # tests replace it
 
