@@ -233,6 +233,9 @@ def _converse(
             if on_progress is not None:
                 on_progress(message.progress)
             if message.progress.get("kind") == "epoch":
+                # The epoch's write may have just read a cancel request: pass it on first,
+                # so the child stops before its next step rather than after another epoch.
+                watch.check_cancel()
                 watch.send(ACK)
         elif isinstance(message, ErrorMessage):
             error = message
@@ -283,6 +286,7 @@ class _Watch:
         self.should_cancel = should_cancel
         self.timed_out = False
         self.cancel_sent = False
+        self._canceled_at = 0.0
         self._lock = threading.Lock()
         self._done = threading.Event()
         self._deadline = time.monotonic() + limit_s
@@ -290,17 +294,23 @@ class _Watch:
         self._thread.start()
 
     def _loop(self) -> None:
-        canceled_at = 0.0
         while not self._done.wait(_WATCH_INTERVAL_S) and self.proc.poll() is None:
             now = time.monotonic()
             if now > self._deadline:
                 self.timed_out = True
                 self.kill()
-            elif not self.cancel_sent and self.should_cancel is not None and self.should_cancel():
-                self.cancel_sent, canceled_at = True, now
-                self.send(CANCEL)
-            elif self.cancel_sent and now - canceled_at > CANCEL_GRACE_S:
+            elif self.cancel_sent and now - self._canceled_at > CANCEL_GRACE_S:
                 self.kill()
+            else:
+                self.check_cancel()
+
+    def check_cancel(self) -> None:
+        """Send ``cancel`` once, as soon as ``should_cancel`` turns true."""
+        with self._lock:
+            if self.cancel_sent or self.should_cancel is None or not self.should_cancel():
+                return
+            self.cancel_sent, self._canceled_at = True, time.monotonic()
+        self.send(CANCEL)
 
     def send(self, line: bytes) -> None:
         with self._lock:
