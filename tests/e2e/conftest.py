@@ -1,13 +1,11 @@
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.stack import ROOT, Stack, flush_redis, service_env
+from tests.e2e.stack import Stack, flush_redis, make_digits, service_env
 from tests.pg import fresh_database
 from tests.s3 import free_port, moto_s3
 
@@ -16,13 +14,7 @@ REDIS_URL = "redis://127.0.0.1:6379/12"
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("digits")
-    subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "make_digits.py"), str(out)],
-        check=True,
-        capture_output=True,
-    )
-    return out
+    return make_digits(tmp_path_factory.mktemp("digits"))
 
 
 @pytest.fixture(scope="module")

@@ -130,3 +130,13 @@ def service_env(
 def flush_redis(url: str) -> None:
     if url.startswith("redis://"):
         redis.Redis.from_url(url).flushdb()
+
+
+def make_digits(out: Path) -> Path:
+    """scikit-learn's digits as the demo's .npz files (train, test) in ``out``."""
+    subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "make_digits.py"), str(out)],
+        check=True,
+        capture_output=True,
+    )
+    return out

@@ -5,14 +5,13 @@ module overrides ``database_url``), and the real `kdserve api` + `kdserve worker
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from client import KDServeClient
-from tests.e2e.stack import KDSERVE, ROOT, Stack, service_env
+from tests.e2e.stack import KDSERVE, ROOT, Stack, make_digits, service_env
 from tests.faults.servers import MotoS3, RedisServer, S3Faults
 from tests.pg import fresh_database
 from tests.s3 import free_port
@@ -22,13 +21,7 @@ DIGITS = ROOT / "examples" / "digits"
 
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("digits")
-    subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "make_digits.py"), str(out)],
-        check=True,
-        capture_output=True,
-    )
-    return out
+    return make_digits(tmp_path_factory.mktemp("digits"))
 
 
 @pytest.fixture(scope="session")

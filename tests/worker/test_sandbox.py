@@ -168,47 +168,8 @@ def test_a_hostile_pt2_sees_no_secret_no_database_and_cannot_write_outside(
     assert "could not be loaded as a torch.export program" in str(failed.value)
 
 
-def test_without_namespaces_code_checkpoints_are_refused_before_loading(
-    env: Env, tmp_path: Path
-) -> None:
-    outside = tmp_path / "ran.txt"
-    content = tmp_path / "evil.pt2"
-    hostile_pt2(content, f"open({str(outside)!r}, 'w').write('ran')")
-    settings = env.settings.model_copy(
-        update={"allow_code_checkpoints": True, "sandbox": "process"}
-    )
-    teacher_id = env.add(
-        lambda s: (
-            create_teacher(
-                s,
-                env.store,
-                create_tenant(s).id,
-                content=content.read_bytes(),
-                status=AssetStatus.validating,
-                arch=None,
-            ).id
-        )
-    )
-    status = validate_teacher(
-        str(teacher_id), settings=settings, sessions=env.sessions, store=env.store, retries=NO_WAIT
-    )
-    assert status is AssetStatus.invalid
-    with env.sessions() as s:
-        row = s.get(Teacher, teacher_id)
-        assert row is not None
-        assert row.error is not None
-    assert "cannot sandbox them" in row.error
-    assert not outside.exists()
-
-
-@needs_bwrap
-def test_a_hostile_teacher_upload_is_invalid_and_the_worker_goes_on(
-    env: Env, tmp_path: Path
-) -> None:
-    outside = tmp_path / "escaped.txt"
-    content = tmp_path / "evil.pt2"
-    hostile_pt2(content, spy(outside))
-    settings = env.settings.model_copy(update={"allow_code_checkpoints": True})
+def validate_hostile(env: Env, content: Path, **settings: Any) -> Teacher:
+    """Upload ``content`` as a teacher (code checkpoints enabled) and validate it."""
     teacher_id = env.add(
         lambda s: (
             create_teacher(
@@ -223,14 +184,39 @@ def test_a_hostile_teacher_upload_is_invalid_and_the_worker_goes_on(
             ).id
         )
     )
+    allowed = env.settings.model_copy(update={"allow_code_checkpoints": True, **settings})
     status = validate_teacher(
-        str(teacher_id), settings=settings, sessions=env.sessions, store=env.store, retries=NO_WAIT
+        str(teacher_id), settings=allowed, sessions=env.sessions, store=env.store, retries=NO_WAIT
     )
     assert status is AssetStatus.invalid
     with env.sessions() as s:
         row = s.get(Teacher, teacher_id)
         assert row is not None
         assert row.error is not None
+        return row
+
+
+def test_without_namespaces_code_checkpoints_are_refused_before_loading(
+    env: Env, tmp_path: Path
+) -> None:
+    outside = tmp_path / "ran.txt"
+    content = tmp_path / "evil.pt2"
+    hostile_pt2(content, f"open({str(outside)!r}, 'w').write('ran')")
+    row = validate_hostile(env, content, sandbox="process")
+    assert row.error is not None
+    assert "cannot sandbox them" in row.error
+    assert not outside.exists()
+
+
+@needs_bwrap
+def test_a_hostile_teacher_upload_is_invalid_and_the_worker_goes_on(
+    env: Env, tmp_path: Path
+) -> None:
+    outside = tmp_path / "escaped.txt"
+    content = tmp_path / "evil.pt2"
+    hostile_pt2(content, spy(outside))
+    row = validate_hostile(env, content)
+    assert row.error is not None
     assert "torch.export program" in row.error
     assert row.blob_id is None  # the file is deleted with the refusal
     assert not outside.exists()
