@@ -51,6 +51,8 @@ format: setup
 bench: setup
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/api_latency.py
+	$(PY) benchmarks/sandbox_start.py
+	$(PY) benchmarks/load_test.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .mypy_cache .ruff_cache
