@@ -70,31 +70,54 @@ class UnsafeOutput(OSError):
     """A file the sandbox left that is not a plain file of its own (a link, a device...)."""
 
 
-def is_plain_file(path: Path) -> bool:
-    """A regular file with one name: not a symlink, hard link, device or pipe."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
-    return stat.S_ISREG(st.st_mode) and st.st_nlink == 1
+class SandboxOutput:
+    """The sandbox's output folder, held by a descriptor opened before the child starts.
 
-
-@contextmanager
-def open_output(path: Path) -> Iterator[IO[bytes]]:
-    """Open a file the sandbox wrote, refusing anything but a plain file of its own.
-
-    The sandbox is untrusted: a symlink or hard link in its folder could point the worker at
-    a file of the worker's own (``O_NOFOLLOW``, and the link count, stop that), and a pipe
-    could block it (``O_NONBLOCK``, then the type check).
-
-    Raises:
-        UnsafeOutput: not a plain file.
-        OSError: it cannot be opened.
+    The child is untrusted and owns its folder: it could replace ``out`` by a symlink to a
+    folder of the worker's, or put links and devices in it. Through this descriptor the worker
+    always reads the folder it created, opens entries by name relative to it (never through
+    a path the child can redirect), and takes only regular files with one link
+    (``O_NOFOLLOW``, then ``fstat``); ``O_NONBLOCK`` keeps a FIFO from blocking it.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    f = os.fdopen(fd, "rb")
-    with f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-            raise UnsafeOutput(f"{path.name} is not a plain file; it is not uploaded")
-        yield f
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def __enter__(self) -> SandboxOutput:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def plain_files(self) -> list[str]:
+        """Names of the regular, singly linked files in the folder, sorted."""
+        names = []
+        for name in os.listdir(self.fd):
+            try:
+                st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                names.append(name)
+        return sorted(names)
+
+    @contextmanager
+    def open(self, name: str) -> Iterator[IO[bytes]]:
+        """Open one file of the folder for reading.
+
+        Raises:
+            UnsafeOutput: not a plain file of its own.
+            OSError: it cannot be opened (missing, a symlink: ``ELOOP``).
+        """
+        if "/" in name or name in (".", ".."):
+            raise UnsafeOutput(f"{name!r} is not a file name")
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        fd = os.open(name, flags, dir_fd=self.fd)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                raise UnsafeOutput(f"{name} is not a plain file; it is not uploaded")
+            yield f

@@ -96,7 +96,10 @@ def reap_jobs(
             reaped.resent.append(job_id)
             _send(send, job_id)
         if send_task is not None:
-            reaped.revalidated = _resend_validations(sessions, send_task, queued_before, now)
+            # Never while a check may still be running: it leaves the row untouched until done.
+            wait_s = max(resend_queued_after_s, settings.validation_time_limit_s + 60)
+            before = now - timedelta(seconds=wait_s)
+            reaped.revalidated = _resend_validations(sessions, send_task, before, now)
     return reaped
 
 

@@ -48,18 +48,17 @@ from kdcore.config import DistillConfig, parse_config
 from kdcore.pipeline import DEFAULT_FORMATS
 from kdcore.report import Report
 from kdcore.train import CHECKPOINT_NAME, METRICS_NAME, Progress
-from kdcore.weights import WeightsError, detect_format
 from store.blobs import BlobStore, StorageError, StoredObject
 from store.db import transaction
 from store.models import DatasetRecord, Job, JobStatus, Teacher, utcnow
 from store.repositories.assets import AssetRepository
 from store.repositories.runs import Claim, LeaseState, NewArtifact, RunRepository
 from store.settings import Settings
-from worker.files import download, is_plain_file, local_name, open_output, work_dir
+from worker.files import SandboxOutput, UnsafeOutput, download, local_name, work_dir
 from worker.retry import DB_ERRORS, STORAGE_ERRORS, Retries, retrying
 from worker.sandbox import SandboxFailed, run_in_sandbox
-from worker.sandbox.policy import code_checkpoints, isolation_for, limits_for
-from worker.sandbox.protocol import DistillRequest, TeacherInput
+from worker.sandbox.policy import isolation_for, limits_for, teacher_input
+from worker.sandbox.protocol import DistillRequest
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +68,9 @@ STEP_WRITE_INTERVAL_S = 2.0  # at most one step-progress write per job this ofte
 _NOT_ARTIFACTS = (".tmp", ".part", ".partial")
 # Artifact names are file names the sandbox wrote: keep the plain ones only.
 _ARTIFACT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+_MAX_ARTIFACTS = 32  # kdcore writes about ten
+_MAX_METRICS = 32  # per progress report; kdcore sends a handful
+_METRIC_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 _PROGRESS: TypeAdapter[Progress] = TypeAdapter(Progress)
 # What the user reads when the sandbox fails, by its code (None: the sandbox's message).
 _FAILURES: dict[str, str | None] = {
@@ -338,12 +340,16 @@ class _Attempt:
         box = work / "box"  # the only folder the sandbox sees
         out = box / "out"
         out.mkdir(parents=True)
+        with SandboxOutput(out) as output:  # opened before the child can touch `out`
+            return self._run(work, box, output)
+
+    def _run(self, work: Path, box: Path, output: SandboxOutput) -> Outcome:
         reporter: _Reporter | None = None
         try:
             config = parse_config(self.job.config)
             request = self._fetch_inputs(box, config)
-            self._restore(out)
-            reporter = _Reporter(self, config, out)
+            self._restore(box / "out")
+            reporter = _Reporter(self, config, output)
             result = run_in_sandbox(
                 request,
                 box,
@@ -382,7 +388,7 @@ class _Attempt:
                 JobStatus.failed, "internal", f"internal error: {type(exc).__name__}: {exc}"
             )
         assert reporter is not None
-        return self._publish(out, report, reporter.latest)
+        return self._publish(output, report, reporter.latest)
 
     def _failed(self, exc: SandboxFailed) -> Outcome:
         if exc.code == "canceled":
@@ -422,11 +428,7 @@ class _Attempt:
             (box / "in" / "teacher").mkdir(parents=True)
             path = Path("in", "teacher", "weights")  # formats are told apart by content
             download(self.store, _uri(rows.teacher), box / path, delays=delays)
-            teacher = TeacherInput(
-                path=str(path),
-                arch=rows.teacher.arch,
-                allow_code=_allow_code(self.settings, box / path),
-            )
+            teacher = teacher_input(self.settings, str(path), rows.teacher.arch)
         return DistillRequest(
             limits=limits_for(self.settings),
             student=self.job.student,
@@ -457,7 +459,7 @@ class _Attempt:
             return
         log.info("job %s: resuming from the checkpoint of an earlier attempt", self.job.id)
 
-    def sync_work(self, out: Path) -> None:
+    def sync_work(self, out: SandboxOutput) -> None:
         """Copy the checkpoint to storage for the next attempt; on failure, the next epoch
         tries again. metrics.jsonl goes first, so stored metrics never lag the checkpoint
         (kdcore trims extra rows on resume, but cannot add missing ones)."""
@@ -465,7 +467,7 @@ class _Attempt:
             return
         try:
             for name in (METRICS_NAME, CHECKPOINT_NAME):
-                with open_output(out / name) as f:
+                with out.open(name) as f:
                     self.store.upload_fileobj(self.key("work", name), f)
         except STORAGE_ERRORS as exc:
             log.warning(
@@ -476,12 +478,14 @@ class _Attempt:
 
     # -- results -------------------------------------------------------------------------
 
-    def _publish(self, out: Path, report: Report, latest: dict[str, Any]) -> Outcome:
+    def _publish(self, out: SandboxOutput, report: Report, latest: dict[str, Any]) -> Outcome:
         state = self.lease.write("heartbeat", self.lease.touch())
         if self.lease.lost.is_set() or (state is not None and not state.held):
             return Outcome.lost
         try:
             artifacts = self._upload_artifacts(out)
+        except UnsafeOutput as exc:
+            return self.lease.end(JobStatus.failed, "internal", f"internal error: {exc}")
         except StorageError as exc:
             log.error("job %s: could not upload artifacts: %s", self.job.id, exc)
             return self.lease.end(
@@ -509,38 +513,41 @@ class _Attempt:
             self._forget_work()
         return outcome
 
-    def _upload_artifacts(self, out: Path) -> list[NewArtifact] | None:
+    def _upload_artifacts(self, out: SandboxOutput) -> list[NewArtifact] | None:
         """Upload every result file; None if the lease was lost on the way.
 
         Raises:
+            UnsafeOutput: a file turned into something else (a link...) after it was listed.
             StorageError: storage failed on every try for some file.
         """
-        files = sorted(
-            p
-            for p in out.iterdir()
-            if _ARTIFACT_NAME.fullmatch(p.name)
-            and not p.name.endswith(_NOT_ARTIFACTS)
-            and is_plain_file(p)
-        )
+        names = [
+            name
+            for name in out.plain_files()
+            if _ARTIFACT_NAME.fullmatch(name) and not name.endswith(_NOT_ARTIFACTS)
+        ]
+        if len(names) > _MAX_ARTIFACTS:
+            raise UnsafeOutput(f"the job left {len(names)} files, over {_MAX_ARTIFACTS}")
         artifacts = []
-        for path in files:
+        for name in names:
             if self.lease.lost.is_set():  # another attempt owns these keys now
                 return None
-            key = self.key("artifacts", path.name)
+            key = self.key("artifacts", name)
             try:
                 stored = retrying(
-                    partial(self._upload_output, key, path),
+                    partial(self._upload_output, out, key, name),
                     errors=STORAGE_ERRORS,
                     delays=self.retries.storage,
                     what=f"upload of {key}",
                 )
+            except UnsafeOutput:
+                raise
             except OSError as exc:
-                raise StorageError(f"could not upload {path.name}: {exc}") from exc
-            artifacts.append(NewArtifact(path.name, stored.uri, stored.size, stored.sha256))
+                raise StorageError(f"could not upload {name}: {exc}") from exc
+            artifacts.append(NewArtifact(name, stored.uri, stored.size, stored.sha256))
         return artifacts
 
-    def _upload_output(self, key: str, path: Path) -> StoredObject:
-        with open_output(path) as f:
+    def _upload_output(self, out: SandboxOutput, key: str, name: str) -> StoredObject:
+        with out.open(name) as f:
             return self.store.upload_fileobj(key, f)
 
     def _forget_work(self) -> None:
@@ -562,16 +569,32 @@ class _Reporter:
     writes its metric points and then saves the checkpoint to storage.
     """
 
-    def __init__(self, attempt: _Attempt, config: DistillConfig, out: Path) -> None:
+    def __init__(self, attempt: _Attempt, config: DistillConfig, out: SandboxOutput) -> None:
         self.attempt, self.out = attempt, out
         self.lease = attempt.lease
         self.latest: dict[str, Any] = dict(attempt.job.metrics or {})
         self.offsets = _epochs_before_stage(config)
+        self.max_epochs = max(config.epochs, config.hint.epochs if config.hint else 0)
         self._last_write = -math.inf
 
     def on_message(self, fields: dict[str, Any]) -> None:
-        """A progress message from the sandbox (validated: the child is untrusted)."""
-        self(_PROGRESS.validate_python(fields))
+        """A progress message from the sandbox, checked first: the child is untrusted, and
+        what it reports becomes rows and the job's metrics.
+
+        Raises:
+            ValueError: not a progress report kdcore could have sent.
+        """
+        p = _PROGRESS.validate_python(fields)
+        if not 0 <= p.stage_index < len(self.offsets) or not 1 <= p.epoch <= p.epochs:
+            raise ValueError(f"stage {p.stage_index} / epoch {p.epoch} out of range")
+        if p.epochs > self.max_epochs or len(p.metrics) > _MAX_METRICS:
+            raise ValueError("more epochs or metrics than the job has")
+        for key, value in p.metrics.items():
+            if not _METRIC_NAME.fullmatch(key) or not math.isfinite(value):
+                raise ValueError(f"metric {key[:40]!r} = {value}")
+        if not math.isfinite(p.samples_per_s) or not 0 <= p.fraction <= 1:
+            raise ValueError("samples_per_s or fraction out of range")
+        self(p)
 
     def __call__(self, p: Progress) -> None:
         progress = {"stage": p.stage, "epoch": p.epoch, "progress": p.fraction}
@@ -624,19 +647,6 @@ def _report_metrics(report: Report) -> dict[str, Any]:
         if value is not None:
             out[key] = value
     return out
-
-
-def _allow_code(settings: Settings, teacher: Path) -> bool:
-    """Whether the sandbox may load this teacher's code, if it has any.
-
-    Raises:
-        ValueError: code checkpoints are enabled but this worker cannot confine them.
-    """
-    try:
-        fmt = detect_format(teacher)
-    except WeightsError:
-        return False  # the sandbox reports what is wrong with the file
-    return code_checkpoints(settings, fmt)
 
 
 def _uri(record: DatasetRecord | Teacher) -> str:

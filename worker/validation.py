@@ -4,8 +4,10 @@ Each check downloads the upload and runs the same ``kdcore`` loader a job will u
 job sandbox (:mod:`worker.sandbox`: an archive bomb or a hostile checkpoint meets the same
 limits and walls as a job), and writes ``ready`` (with what it learned: layers, parameter
 count, samples, classes) or ``invalid`` with the loader's message, which says what to fix.
-An invalid upload's file is deleted from storage (unless another upload shares it), so it
-neither lingers nor counts against the tenant's quota; its row keeps the message. Both are
+When the loader refuses the file (unreadable, hostile, over a limit), the file is deleted
+from storage (unless another upload shares it), so it neither lingers nor counts against the
+tenant's quota; its row keeps the message. A check that fails for the machine's reasons (a
+crash, storage down) marks the upload invalid but keeps its file. Both are
 no-ops unless the row is still ``validating``, so a redelivered task does nothing.
 """
 
@@ -18,7 +20,6 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from kdcore.weights import WeightsError, detect_format
 from store.blobs import BlobStore, StorageError
 from store.db import transaction
 from store.models import AssetStatus, DatasetRecord, Teacher
@@ -27,11 +28,10 @@ from store.settings import Settings
 from worker.files import download, local_name, work_dir
 from worker.retry import DB_ERRORS, STORAGE_ERRORS, Retries, retrying
 from worker.sandbox import SandboxFailed, run_in_sandbox
-from worker.sandbox.policy import code_checkpoints, isolation_for, limits_for
+from worker.sandbox.policy import isolation_for, limits_for, teacher_input
 from worker.sandbox.protocol import (
     DatasetRequest,
     DatasetResult,
-    TeacherInput,
     TeacherRequest,
     TeacherResult,
 )
@@ -60,32 +60,31 @@ def validate_teacher(
     assert row.blob is not None  # validating rows always have their file
     with work_dir(settings, f"teacher-{row_id}-") as tmp:
         box = tmp / "box"
-        box.mkdir()
+        (box / "in").mkdir(parents=True)
+        release = False
         try:
-            download(store, row.blob.uri, box / "weights", delays=retries.storage)
+            download(store, row.blob.uri, box / "in" / "weights", delays=retries.storage)
         except StorageError as exc:
             values = _storage_failed(exc)
         else:
             try:
                 request = TeacherRequest(
                     limits=limits_for(settings),
-                    teacher=TeacherInput(
-                        path="weights",
-                        arch=row.arch,
-                        allow_code=_allow_code(settings, box / "weights"),
-                    ),
+                    teacher=teacher_input(settings, "in/weights", row.arch),
                     input_shape=list(row.input_shape),
                     num_classes=row.num_classes,
                 )
                 result = TeacherResult.model_validate(_sandboxed(request, box, tmp, settings))
-            except ValueError as exc:  # the loader's message, or code this worker won't run
+            except _Refused as exc:  # the loader's verdict on the file: it goes
+                values, release = {"status": AssetStatus.invalid, "error": str(exc)}, True
+            except ValueError as exc:
                 values = {"status": AssetStatus.invalid, "error": str(exc)}
             except Exception as exc:
                 log.exception("validating teacher %s failed", row_id)
                 values = _internal(exc)
             else:
                 values = {"status": AssetStatus.ready, "error": None, **result.model_dump()}
-    return _write(sessions, store, retries, Teacher, row_id, values)
+    return _write(sessions, store, retries, Teacher, row_id, values, release=release)
 
 
 def validate_dataset(
@@ -109,9 +108,10 @@ def validate_dataset(
     assert row.blob is not None  # validating rows always have their file
     with work_dir(settings, f"dataset-{row_id}-") as tmp:
         box = tmp / "box"
-        box.mkdir()
+        (box / "in").mkdir(parents=True)
+        release = False
         # The loader picks the format by suffix, so the file keeps the upload's name.
-        name = local_name(row.filename, "dataset")
+        name = f"in/{local_name(row.filename, 'dataset')}"
         try:
             download(store, row.blob.uri, box / name, delays=retries.storage)
         except StorageError as exc:
@@ -120,23 +120,35 @@ def validate_dataset(
             try:
                 request = DatasetRequest(limits=limits_for(settings), path=name)
                 result = DatasetResult.model_validate(_sandboxed(request, box, tmp, settings))
-            except ValueError as exc:  # the loader's message (DataError)
+            except _Refused as exc:  # the loader's verdict on the file: it goes
+                values, release = {"status": AssetStatus.invalid, "error": str(exc)}, True
+            except ValueError as exc:
                 values = {"status": AssetStatus.invalid, "error": str(exc)}
             except Exception as exc:
                 log.exception("validating dataset %s failed", row_id)
                 values = _internal(exc)
             else:
                 values = {"status": AssetStatus.ready, "error": None, **result.model_dump()}
-    return _write(sessions, store, retries, DatasetRecord, row_id, values)
+    return _write(sessions, store, retries, DatasetRecord, row_id, values, release=release)
+
+
+class _Refused(Exception):
+    """The check judged the file itself bad (unreadable, hostile, over a limit)."""
+
+
+# Sandbox failures that are a verdict on the file. A crash or an internal error may be the
+# machine's fault: the upload is marked invalid but keeps its file.
+_VERDICTS = ("invalid_input", "out_of_memory", "time_limit")
 
 
 def _sandboxed(
     request: TeacherRequest | DatasetRequest, box: Path, tmp: Path, settings: Settings
 ) -> dict[str, Any]:
-    """Run the check in the sandbox; its failures become ``ValueError`` messages.
+    """Run the check in the sandbox.
 
     Raises:
-        ValueError: the upload is invalid (what to fix), or broke a limit (which).
+        _Refused: the upload is invalid (the message says what to fix) or broke a limit.
+        RuntimeError: the check itself failed.
     """
     try:
         return run_in_sandbox(
@@ -148,17 +160,10 @@ def _sandboxed(
         )
     except SandboxFailed as exc:
         if exc.code == "invalid_input":
-            raise ValueError(str(exc)) from exc
-        if exc.code == "internal":
-            raise RuntimeError(str(exc)) from exc
-        raise ValueError(f"the file could not be checked: {exc} ({exc.code})") from exc
-
-
-def _allow_code(settings: Settings, path: Path) -> bool:
-    try:
-        return code_checkpoints(settings, detect_format(path))
-    except WeightsError:
-        return False  # the sandbox's loader says what is wrong with the file
+            raise _Refused(str(exc)) from exc
+        if exc.code in _VERDICTS:
+            raise _Refused(f"the file could not be checked: {exc} ({exc.code})") from exc
+        raise RuntimeError(f"{exc} ({exc.code})") from exc
 
 
 def _write(
@@ -168,9 +173,12 @@ def _write(
     model: type[Teacher] | type[DatasetRecord],
     row_id: uuid.UUID,
     values: dict[str, Any],
+    *,
+    release: bool,
 ) -> AssetStatus | None:
-    """Write the result; an invalid upload also lets go of its file (deleted after the
-    commit: a failed delete leaves an unlisted object, never a listed row without one)."""
+    """Write the result; with ``release`` (a verdict against the file) the upload also lets
+    go of its file (deleted after the commit: a failed delete leaves an unlisted object,
+    never a listed row without one)."""
     status: AssetStatus = values["status"]
 
     def once() -> tuple[bool, str | None]:
@@ -180,8 +188,8 @@ def _write(
                 written = repo.finish_teacher(row_id, **values)
             else:
                 written = repo.finish_dataset(row_id, **values)
-            release = written and status == AssetStatus.invalid
-            return written, repo.release_blob(model, row_id) if release else None
+            drop = written and release and status == AssetStatus.invalid
+            return written, repo.release_blob(model, row_id) if drop else None
 
     written, orphan = retrying(
         once, errors=DB_ERRORS, delays=retries.final_db, what="validation result"

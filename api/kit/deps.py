@@ -14,6 +14,7 @@ from celery import Celery
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.kit.errors import Unauthorized
@@ -23,6 +24,8 @@ from store.models import ApiKey, Tenant
 from store.settings import Settings
 
 log = logging.getLogger(__name__)
+
+DB_SLOT_TIMEOUT_S = 30.0  # SQLAlchemy's pool_timeout default
 
 
 @dataclass
@@ -60,9 +63,18 @@ async def db_slot(services: ServicesDep) -> AsyncIterator[None]:
     connections deadlock: every thread waits for a connection held by a request that needs a
     thread to finish, until the pool times out (30 s). With at most as many sessions as the
     pool holds, a session always gets its connection and the rest of the requests queue here.
+    A request that waits longer than the pool's own timeout gets a 503 with Retry-After, as
+    a pool timeout would give it (slow uploads hold their slot while they stream).
     """
-    async with services.db_slots:
+    try:
+        with anyio.fail_after(DB_SLOT_TIMEOUT_S):
+            await services.db_slots.acquire()
+    except TimeoutError as exc:
+        raise PoolTimeout("no database session free; retry shortly") from exc
+    try:
         yield
+    finally:
+        services.db_slots.release()
 
 
 def get_session(

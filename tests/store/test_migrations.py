@@ -11,10 +11,13 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
+from store.blobs import LocalStore
+from store.db import make_engine, make_sessionmaker
 from store.models import Base
 from tests.pg import fresh_database
+from tests.worker.factories import create_dataset, create_job, create_teacher, create_tenant
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,5 +50,33 @@ def test_upgrade_head_matches_models_and_downgrade_removes_all(url: str) -> None
         assert set(Base.metadata.tables) <= tables
         command.downgrade(_alembic(url), "base")
         assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    finally:
+        engine.dispose()
+
+
+def test_upgrading_a_database_with_jobs_keeps_every_row(url: str, tmp_path: Path) -> None:
+    """0002 rebuilds the teachers and datasets tables on SQLite (batch mode), under rows that
+    jobs point at: it must neither trip the foreign keys nor lose a row."""
+    from cli.service import upgrade_database
+
+    command.upgrade(_alembic(url), "0001")
+    engine = make_engine(url)
+    store = LocalStore(tmp_path / "storage")
+    with make_sessionmaker(engine)() as s, s.begin():
+        tenant = create_tenant(s)
+        teacher = create_teacher(s, store, tenant.id)
+        dataset = create_dataset(s, store, tenant.id)
+        create_job(s, tenant_id=tenant.id, dataset_id=dataset.id, teacher_id=teacher.id)
+    engine.dispose()
+
+    assert upgrade_database(url, timeout=10, say=lambda _: None) == "0002"
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            for table in ("tenants", "teachers", "datasets", "jobs"):
+                assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 1, table
+            if conn.dialect.name == "sqlite":
+                assert conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall() == []
+                assert "_alembic_tmp_teachers" not in inspect(conn).get_table_names()
     finally:
         engine.dispose()

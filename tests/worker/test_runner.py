@@ -33,6 +33,7 @@ from tests.worker.factories import (
     teacher_model,
 )
 from worker import runner
+from worker.files import SandboxOutput
 from worker.reaper import reap_jobs
 from worker.retry import NO_WAIT
 from worker.runner import Outcome, job_key
@@ -59,7 +60,7 @@ def after_epoch_sync(monkeypatch: pytest.MonkeyPatch, action: Callable[[int], No
     original = runner._Attempt.sync_work
     count = 0
 
-    def sync_then_act(self: runner._Attempt, out: Path) -> None:
+    def sync_then_act(self: runner._Attempt, out: SandboxOutput) -> None:
         nonlocal count
         original(self, out)
         count += 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from torch import nn
 
 from store.models import AssetStatus, Teacher
 from tests.worker.factories import Env, create_teacher, create_tenant
-from worker.files import UnsafeOutput, is_plain_file, open_output
+from worker.files import SandboxOutput, UnsafeOutput
 from worker.retry import NO_WAIT
 from worker.sandbox import SandboxFailed, available_isolation, run_in_sandbox
 from worker.sandbox.protocol import (
@@ -321,13 +322,34 @@ def test_only_plain_files_of_the_sandbox_are_read(tmp_path: Path) -> None:
     (out / "link").symlink_to(secret)
     os.link(secret, out / "hardlink")
     os.mkfifo(out / "fifo")
-    assert is_plain_file(out / "model.bin")
-    assert not any(is_plain_file(out / n) for n in ("link", "hardlink", "fifo", "missing"))
-    with open_output(out / "model.bin") as f:
-        assert f.read() == b"weights"
-    with pytest.raises(OSError, match="Too many levels of symbolic links"):  # O_NOFOLLOW
-        with open_output(out / "link"):
-            pass
-    for name in ("hardlink", "fifo"):
-        with pytest.raises(UnsafeOutput), open_output(out / name):
-            pass
+    (out / "folder").mkdir()
+    with SandboxOutput(out) as output:
+        assert output.plain_files() == ["model.bin"]
+        with output.open("model.bin") as f:
+            assert f.read() == b"weights"
+        with pytest.raises(OSError, match="Too many levels of symbolic links"):  # O_NOFOLLOW
+            with output.open("link"):
+                pass
+        for name in ("hardlink", "fifo", "../secret"):
+            with pytest.raises(UnsafeOutput), output.open(name):
+                pass
+
+
+def test_a_sandbox_that_swaps_its_output_folder_for_a_link_exposes_nothing(
+    tmp_path: Path,
+) -> None:
+    """The child owns its folder: it can replace ``out`` by a symlink to a folder of the
+    worker's. The worker reads through the descriptor it opened before the child started."""
+    private = tmp_path / "worker-secrets"
+    private.mkdir()
+    (private / "kdserve.db").write_text(SECRET)
+    out = tmp_path / "box" / "out"
+    out.mkdir(parents=True)
+    with SandboxOutput(out) as output:
+        (out / "report.json").write_text("{}")
+        shutil.rmtree(out)  # what a hostile child does, then:
+        out.symlink_to(private)
+        assert output.plain_files() == []
+        with pytest.raises(FileNotFoundError):
+            with output.open("kdserve.db"):
+                pass

@@ -23,6 +23,7 @@ from pydantic import TypeAdapter
 from worker.sandbox.protocol import (
     ACK,
     CANCEL,
+    CODE_FORMATS,
     REQUEST_NAME,
     DatasetRequest,
     DatasetResult,
@@ -33,6 +34,7 @@ from worker.sandbox.protocol import (
     ProgressMessage,
     Request,
     ResultMessage,
+    TeacherInput,
     TeacherRequest,
     TeacherResult,
 )
@@ -105,6 +107,7 @@ def _distill(req: DistillRequest, box: Path, channel: Channel) -> dict[str, Any]
 
     teacher = None
     if req.teacher is not None:
+        _refuse_code(req.teacher, box)
         teacher = pipeline.TeacherFile(
             box / req.teacher.path, spec=req.teacher.arch, allow_code=req.teacher.allow_code
         )
@@ -129,6 +132,7 @@ def _teacher(req: TeacherRequest, box: Path, channel: Channel) -> dict[str, Any]
     from kdcore.weights import detect_format, load_model
 
     path = box / req.teacher.path
+    _refuse_code(req.teacher, box)
     fmt = detect_format(path)
     shape = tuple(req.input_shape)
     model = load_model(
@@ -138,6 +142,13 @@ def _teacher(req: TeacherRequest, box: Path, channel: Channel) -> dict[str, Any]
     layers = [{"path": layer.path, "shape": layer.shape} for layer in summary.layers]
     result = TeacherResult(format=fmt, layers=layers, params=summary.params, macs=summary.macs)
     return result.model_dump()
+
+
+def _refuse_code(teacher: TeacherInput, box: Path) -> None:
+    from kdcore.weights import WeightsError, detect_format
+
+    if teacher.code_refusal and detect_format(box / teacher.path) in CODE_FORMATS:
+        raise WeightsError(teacher.code_refusal)
 
 
 def _dataset(req: DatasetRequest, box: Path, channel: Channel) -> dict[str, Any]:

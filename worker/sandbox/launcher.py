@@ -201,15 +201,26 @@ def run_in_sandbox(
         finally:
             os.close(events_w)
             os.close(control_r)
+    # Non-blocking: a child that stops reading its control pipe must not block the worker.
+    os.set_blocking(control_w, False)
     watch = _Watch(proc, os.fdopen(control_w, "wb", buffering=0), time_limit_s, should_cancel)
     try:
         with os.fdopen(events_r, "rb") as events:
             return _converse(events, watch, on_progress)
     finally:
         watch.stop()
-        _tail = log_path.read_bytes()[-2000:].decode(errors="replace") if log_path.exists() else ""
-        if proc.returncode not in (0, None) and _tail:
-            log.info("sandbox output (last lines):\n%s", _tail)
+        if proc.returncode not in (0, None):
+            log.info("sandbox output (last lines):\n%s", _tail(log_path))
+
+
+def _tail(path: Path, size: int = 2000) -> str:
+    """The end of the child's output (which it controls: it may be gigabytes)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - size))
+            return f.read(size).decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _converse(
@@ -231,7 +242,13 @@ def _converse(
             ) from exc
         if isinstance(message, ProgressMessage):
             if on_progress is not None:
-                on_progress(message.progress)
+                try:
+                    on_progress(message.progress)
+                except ValueError as exc:  # pydantic's ValidationError too
+                    watch.kill()
+                    raise SandboxFailed(
+                        "internal", f"the training process sent an invalid progress report ({exc})"
+                    ) from exc
             if message.progress.get("kind") == "epoch":
                 # The epoch's write may have just read a cancel request: pass it on first,
                 # so the child stops before its next step rather than after another epoch.
@@ -313,11 +330,17 @@ class _Watch:
         self.send(CANCEL)
 
     def send(self, line: bytes) -> None:
+        """Write one line to the child; never blocks (the pipe is non-blocking)."""
         with self._lock:
             try:
-                self.control.write(line)
+                written = self.control.write(line)
+            except BlockingIOError:
+                written = None
             except (BrokenPipeError, ValueError):  # the child is gone, or we closed it
-                pass
+                return
+        if written != len(line):  # the pipe is full: the child stopped reading it
+            log.warning("the sandboxed child stopped reading its control pipe; killing it")
+            self.kill()
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from store.settings import Settings
 from worker.sandbox.launcher import Isolation, available_isolation
-from worker.sandbox.protocol import Limits
-
-CODE_FORMATS = ("torchscript", "export")  # kdcore.weights formats that carry a program
+from worker.sandbox.protocol import Limits, TeacherInput
 
 
 def isolation_for(settings: Settings) -> Isolation:
@@ -35,21 +33,21 @@ def limits_for(settings: Settings) -> Limits:
     )
 
 
-def code_checkpoints(settings: Settings, fmt: str) -> bool:
-    """Whether a teacher of format ``fmt`` may run its code in the sandbox.
+def code_checkpoints(settings: Settings) -> tuple[bool, str | None]:
+    """Whether teachers may run their code in the sandbox, and if the operator enabled that
+    but this worker cannot confine them, the message that refuses them."""
+    if not settings.allow_code_checkpoints:
+        return False, None
+    if isolation_for(settings) == "bwrap":
+        return True, None
+    return False, (
+        "this teacher is a TorchScript or torch.export file, which carries code; code "
+        "checkpoints are enabled, but this worker cannot sandbox them (bubblewrap namespaces "
+        "are unavailable), so it refuses to load them. Send the weights as safetensors or a "
+        "state dict with an architecture spec instead"
+    )
 
-    Raises:
-        ValueError: it carries code, the operator enabled code checkpoints, but this worker
-            cannot confine them (the message says so; kdcore's own refusal would wrongly
-            say they are disabled).
-    """
-    if fmt not in CODE_FORMATS or not settings.allow_code_checkpoints:
-        return False
-    if isolation_for(settings) != "bwrap":
-        raise ValueError(
-            "this teacher is a TorchScript or torch.export file, which carries code; code "
-            "checkpoints are enabled, but this worker cannot sandbox them (bubblewrap "
-            "namespaces are unavailable), so it refuses to load them. Send the weights as "
-            "safetensors or a state dict with an architecture spec instead"
-        )
-    return True
+
+def teacher_input(settings: Settings, path: str, arch: object) -> TeacherInput:
+    allow, refusal = code_checkpoints(settings)
+    return TeacherInput(path=path, arch=arch, allow_code=allow, code_refusal=refusal)

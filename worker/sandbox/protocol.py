@@ -37,10 +37,17 @@ class Limits(_Model):
     threads: int = Field(ge=0)  # torch intra-op threads; 0: torch's default
 
 
+CODE_FORMATS = ("torchscript", "export")  # kdcore.weights formats that carry a program
+
+
 class TeacherInput(_Model):
     path: str  # relative to the child's folder
     arch: Any | None = None
     allow_code: bool = False
+    # Set when the operator enabled code checkpoints but this worker cannot confine them:
+    # the child refuses a code checkpoint with this message (kdcore's own would say they
+    # are disabled). The child, not the worker, looks at the file: parsing it is risky too.
+    code_refusal: str | None = None
 
 
 class DistillRequest(_Model):
