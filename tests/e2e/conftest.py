@@ -25,12 +25,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         env = service_env(
             home, database_url=db_url, broker_url=REDIS_URL, port=free_port(), extra=s3
         )
-        stack = Stack(home=home, env=env, port=int(env["KDSERVE_API_PORT"]))
-        stack.run("db", "upgrade")
-        stack.start_api()
-        stack.start_worker()
         try:
-            yield stack
+            with Stack(home=home, env=env, port=int(env["KDSERVE_API_PORT"])).serving() as stack:
+                yield stack
         finally:
-            stack.stop()
             flush_redis(REDIS_URL)

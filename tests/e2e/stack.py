@@ -4,22 +4,40 @@ MinIO/AWS) or a local folder. Everything listens on 127.0.0.1."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis
 
-from client import KDServeClient
+from client import KDServeAPIError, KDServeClient
 
 KDSERVE = str(Path(sys.executable).with_name("kdserve"))
 ROOT = Path(__file__).resolve().parents[2]
+DIGITS = ROOT / "examples" / "digits"
+TEACHER = json.loads((DIGITS / "teacher.json").read_text())
+STUDENT = json.loads((DIGITS / "student.json").read_text())
+ARTIFACTS = {  # what a job with the default formats publishes
+    "student.safetensors",
+    "student.json",
+    "student.torchscript.pt",
+    "student.pt2",
+    "student.onnx",
+    "report.json",
+    "metrics.jsonl",
+    "checkpoint.pt",
+}
+FINAL = ("succeeded", "failed", "canceled")
 
 
 @dataclass
@@ -39,6 +57,21 @@ class Stack:
         )
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
+
+    @contextmanager
+    def serving(self) -> Iterator[Stack]:
+        """Migrate the database, start the API and one worker; stop everything after."""
+        self.run("db", "upgrade")
+        self.start_api()
+        self.start_worker()
+        try:
+            yield self
+        finally:
+            self.stop()
+
+    def new_tenant(self, name: str) -> KDServeClient:
+        """A tenant with a fresh key (`kdserve keys create`), as a client."""
+        return self.client(self.run("keys", "create", "--tenant", name))
 
     def start_api(self) -> None:
         self._spawn("api", [KDSERVE, "api", "--port", str(self.port)])
@@ -140,3 +173,43 @@ def make_digits(out: Path) -> Path:
         capture_output=True,
     )
     return out
+
+
+def upload_digits(client: KDServeClient, digits: Path) -> dict[str, str]:
+    """Upload the digits train and test sets, wait until both are ready, and return them as
+    a job's ``dataset_id`` / ``val_dataset_id``."""
+    train = client.upload_dataset(digits / "digits-train.npz", name="digits train")
+    val = client.upload_dataset(digits / "digits-test.npz", name="digits test")
+    for d in (train, val):
+        assert client.wait_for("datasets", d["id"], timeout=120)["status"] == "ready"
+    return {"dataset_id": train["id"], "val_dataset_id": val["id"]}
+
+
+def wait_job(
+    client: KDServeClient,
+    job_id: str,
+    until: Callable[[dict[str, Any]], bool],
+    *,
+    timeout: float,
+    every: float = 0.1,
+) -> dict[str, Any]:
+    """Poll the job until ``until(job)``; a 503 (the database restarting) is polled through.
+
+    Raises:
+        AssertionError: the job ended first, or ``timeout`` passed.
+    """
+    deadline = time.monotonic() + timeout
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            job = client.get_job(job_id)
+        except KDServeAPIError as exc:
+            if exc.status != 503:
+                raise
+        else:
+            if until(job):
+                return job
+            if job["status"] in FINAL:
+                raise AssertionError(f"job {job_id} ended before the condition: {job}")
+        time.sleep(every)
+    raise AssertionError(f"job {job_id}: condition not met in {timeout} s; last seen {job}")

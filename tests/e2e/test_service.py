@@ -15,49 +15,19 @@ from client import KDServeAPIError, KDServeClient
 from kdcore.data import Normalizer, load_dataset
 from kdcore.evaluate import predict, score
 from kdcore.export import load_student
-from tests.e2e.stack import ROOT, Stack
+from tests.e2e.stack import ARTIFACTS, STUDENT, TEACHER, Stack, upload_digits, wait_job
 
 pytestmark = pytest.mark.slow
-
-DIGITS = ROOT / "examples" / "digits"
-TEACHER = json.loads((DIGITS / "teacher.json").read_text())
-STUDENT = json.loads((DIGITS / "student.json").read_text())
-ARTIFACTS = {
-    "student.safetensors",
-    "student.json",
-    "student.torchscript.pt",
-    "student.pt2",
-    "student.onnx",
-    "report.json",
-    "metrics.jsonl",
-    "checkpoint.pt",
-}
-
-
-def _wait(
-    client: KDServeClient, job_id: str, *, until: Any, timeout: float = 240
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get_job(job_id)
-        if until(job):
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} never got there: {client.get_job(job_id)}")
 
 
 @pytest.fixture(scope="module")
 def alice(stack: Stack) -> KDServeClient:
-    return stack.client(stack.run("keys", "create", "--tenant", "alice"))
+    return stack.new_tenant("alice")
 
 
 @pytest.fixture(scope="module")
 def data(alice: KDServeClient, digits: Path) -> dict[str, str]:
-    train = alice.upload_dataset(digits / "digits-train.npz", name="digits train")
-    val = alice.upload_dataset(digits / "digits-test.npz", name="digits test")
-    for d in (train, val):
-        assert alice.wait_for("datasets", d["id"], timeout=120)["status"] == "ready"
-    return {"dataset_id": train["id"], "val_dataset_id": val["id"]}
+    return upload_digits(alice, digits)
 
 
 @pytest.fixture(scope="module")
@@ -157,10 +127,15 @@ def test_cancel_stops_a_running_job_and_keeps_its_checkpoint(
     job = alice.submit_job(
         student=STUDENT, config={"method": "scratch", "epochs": 500, "batch_size": 64}, **data
     )
-    _wait(alice, job["id"], until=lambda j: j["status"] == "running" and (j["epoch"] or 0) >= 2)
+    wait_job(
+        alice,
+        job["id"],
+        lambda j: j["status"] == "running" and (j["epoch"] or 0) >= 2,
+        timeout=240,
+    )
     asked = time.monotonic()
     alice.cancel_job(job["id"])
-    done = _wait(alice, job["id"], until=lambda j: j["status"] != "running", timeout=30)
+    done = wait_job(alice, job["id"], lambda j: j["status"] != "running", timeout=30)
     assert done["status"] == "canceled"
     assert time.monotonic() - asked < 10
     assert alice.list_artifacts(job["id"]) == []
@@ -176,13 +151,16 @@ def test_sigkilled_worker_resumes_and_finishes_with_one_set_of_artifacts(
     job = alice.submit_job(
         student=STUDENT, config={"method": "scratch", "epochs": 40, "batch_size": 64}, **data
     )
-    _wait(alice, job["id"], until=lambda j: j["status"] == "running" and (j["epoch"] or 0) >= 3)
+    wait_job(
+        alice,
+        job["id"],
+        lambda j: j["status"] == "running" and (j["epoch"] or 0) >= 3,
+        timeout=240,
+    )
     stack.kill("worker")
     killed_at = alice.get_job(job["id"])["epoch"]
     stack.start_worker("worker2")
-    done = _wait(
-        alice, job["id"], until=lambda j: j["status"] in ("succeeded", "failed"), timeout=300
-    )
+    done = wait_job(alice, job["id"], lambda j: j["status"] in ("succeeded", "failed"), timeout=300)
     assert done["status"] == "succeeded", (done, stack.log("worker2"))
     assert done["attempts"] == 2
     names = [a["name"] for a in alice.list_artifacts(job["id"])]

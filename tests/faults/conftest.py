@@ -11,12 +11,10 @@ from pathlib import Path
 import pytest
 
 from client import KDServeClient
-from tests.e2e.stack import KDSERVE, ROOT, Stack, make_digits, service_env
+from tests.e2e.stack import DIGITS, KDSERVE, Stack, make_digits, service_env, upload_digits
 from tests.faults.servers import MotoS3, RedisServer, S3Faults
 from tests.pg import fresh_database
 from tests.s3 import free_port
-
-DIGITS = ROOT / "examples" / "digits"
 
 
 @pytest.fixture(scope="session")
@@ -100,25 +98,15 @@ def stack(
         port=free_port(),
         extra={**s3_server.env, **stack_settings},
     )
-    stack = Stack(home=home, env=env, port=int(env["KDSERVE_API_PORT"]))
-    stack.run("db", "upgrade")
-    stack.start_api()
-    stack.start_worker()
-    try:
+    with Stack(home=home, env=env, port=int(env["KDSERVE_API_PORT"])).serving() as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="module")
 def alice(stack: Stack) -> KDServeClient:
-    return stack.client(stack.run("keys", "create", "--tenant", "alice"))
+    return stack.new_tenant("alice")
 
 
 @pytest.fixture(scope="module")
 def data(alice: KDServeClient, digits: Path) -> dict[str, str]:
-    train = alice.upload_dataset(digits / "digits-train.npz", name="digits train")
-    val = alice.upload_dataset(digits / "digits-test.npz", name="digits test")
-    for d in (train, val):
-        assert alice.wait_for("datasets", d["id"], timeout=120)["status"] == "ready"
-    return {"dataset_id": train["id"], "val_dataset_id": val["id"]}
+    return upload_digits(alice, digits)

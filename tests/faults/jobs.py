@@ -5,28 +5,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from client import KDServeAPIError, KDServeClient
-from tests.e2e.stack import ROOT
-
-DIGITS = ROOT / "examples" / "digits"
-STUDENT = json.loads((DIGITS / "student.json").read_text())
-ARTIFACTS = {
-    "student.safetensors",
-    "student.json",
-    "student.torchscript.pt",
-    "student.pt2",
-    "student.onnx",
-    "report.json",
-    "metrics.jsonl",
-    "checkpoint.pt",
-}
-FINAL = ("succeeded", "failed", "canceled")
+from tests.e2e.stack import ARTIFACTS, FINAL
 
 
 def scratch(epochs: int) -> dict[str, Any]:
@@ -43,31 +28,6 @@ def fitnet(hint_epochs: int, kd_epochs: int) -> dict[str, Any]:
         "seed": 0,
         "hint": {"teacher_layer": "relu1", "student_layer": "relu2", "epochs": hint_epochs},
     }
-
-
-def wait_job(
-    client: KDServeClient,
-    job_id: str,
-    until: Callable[[dict[str, Any]], bool],
-    *,
-    timeout: float,
-    every: float = 0.1,
-) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    job: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        try:
-            job = client.get_job(job_id)
-        except KDServeAPIError as exc:
-            if exc.status != 503:
-                raise
-        else:
-            if until(job):
-                return job
-            if job["status"] in FINAL:
-                raise AssertionError(f"job {job_id} ended before the condition: {job}")
-        time.sleep(every)
-    raise AssertionError(f"job {job_id}: condition not met in {timeout} s; last seen {job}")
 
 
 def wait_final(client: KDServeClient, job_id: str, *, timeout: float) -> dict[str, Any]:

@@ -15,8 +15,7 @@ import httpx
 import pytest
 
 from client import KDServeClient
-from tests.e2e.stack import Stack
-from tests.faults.jobs import DIGITS
+from tests.e2e.stack import DIGITS, Stack
 from tests.faults.servers import MotoS3, S3Faults
 
 pytestmark = pytest.mark.slow

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from client import KDServeClient
-from tests.e2e.stack import Stack
-from tests.faults.jobs import STUDENT, assert_one_clean_run, scratch, wait_final, wait_job
+from tests.e2e.stack import STUDENT, Stack, wait_job
+from tests.faults.jobs import assert_one_clean_run, scratch, wait_final
 from tests.faults.servers import PgCluster, pg_cluster
 
 pytestmark = pytest.mark.slow

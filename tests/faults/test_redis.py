@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from client import KDServeClient
-from tests.e2e.stack import Stack
-from tests.faults.jobs import STUDENT, assert_one_clean_run, scratch, wait_final, wait_job
+from tests.e2e.stack import STUDENT, Stack, wait_job
+from tests.faults.jobs import assert_one_clean_run, scratch, wait_final
 from tests.faults.servers import RedisServer
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from client import KDServeClient
-from tests.e2e.stack import Stack
-from tests.faults.jobs import STUDENT, assert_one_clean_run, scratch, wait_final
+from tests.e2e.stack import STUDENT, Stack
+from tests.faults.jobs import assert_one_clean_run, scratch, wait_final
 from tests.faults.servers import MotoS3, S3Faults
 
 pytestmark = pytest.mark.slow

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from client import KDServeClient
-from tests.e2e.stack import Stack
-from tests.faults.jobs import DIGITS, STUDENT, assert_one_clean_run, fitnet, wait_final, wait_job
+from tests.e2e.stack import DIGITS, STUDENT, Stack, wait_job
+from tests.faults.jobs import assert_one_clean_run, fitnet, wait_final
 from tests.faults.servers import (
     Proc,
     S3Faults,
