@@ -96,11 +96,6 @@ class BlobStore(ABC):
         """A time-limited download URL when storage supports one."""
         return None
 
-    def upload_file(self, key: str, path: Path) -> StoredObject:
-        """Stream a local file into storage under ``key``."""
-        with path.open("rb") as f:
-            return self.upload_fileobj(key, f)
-
     def upload_fileobj(self, key: str, f: IO[bytes]) -> StoredObject:
         """Stream an open file (from its current position) into storage under ``key``."""
         writer = self.writer(key)

@@ -75,7 +75,6 @@ class Settings(BaseSettings):
     # -- API -----------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = 8000
-    public_url: str | None = None  # what clients use; default http://api_host:api_port
 
     @cached_property
     def resolved_home(self) -> Path:
@@ -92,10 +91,6 @@ class Settings(BaseSettings):
     @property
     def storage(self) -> str:
         return self.storage_url or (self.resolved_home / "storage").as_uri()
-
-    @property
-    def api_url(self) -> str:
-        return self.public_url or f"http://{self.api_host}:{self.api_port}"
 
     @model_validator(mode="after")
     def _safe_for_production(self) -> Settings:

@@ -37,7 +37,6 @@ class Services:
     sessions: sessionmaker[Session]
     store: BlobStore
     celery: Celery
-    extra: dict[str, Any] = field(default_factory=dict)
     # How many requests may hold a database session at once (`db_slot`).
     db_slots: anyio.Semaphore = field(default_factory=lambda: anyio.Semaphore(10))
 

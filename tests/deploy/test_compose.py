@@ -324,8 +324,15 @@ def test_gpu_worker_takes_one_job_at_a_time_in_a_fresh_child(services: dict[str,
 def test_gpu_worker_reserves_a_gpu(services: dict[str, Any]) -> None:
     devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]} in devices
-    # DataLoader workers pass batches through /dev/shm; Docker's default is 64 MB.
-    assert services["worker"].get("shm_size")
+
+
+@pytest.mark.parametrize("name", ["worker", "worker-cpu"])
+def test_workers_run_under_an_init_that_reaps_sandbox_children(
+    services: dict[str, Any], name: str
+) -> None:
+    # Each job runs in a sandbox child in its own session; when its pool process exits, the
+    # child is handed to PID 1, which must reap it.
+    assert services[name].get("init") is True
 
 
 def test_gpu_worker_consumes_the_job_queue(
