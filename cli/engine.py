@@ -17,6 +17,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from kdcore.contract import DistillConfig, Spec
     from kdcore.train import Progress as TrainProgress
 
 err = Console(stderr=True)
@@ -144,7 +145,7 @@ def distill(
         cfg = _config(config)
         if not cfg.uses_teacher:
             raise ValueError('method "scratch" uses no teacher: use `kdserve train`')
-        t_spec = _read_json(teacher_arch, "teacher architecture") if teacher_arch else None
+        t_spec = _arch(teacher_arch, "teacher architecture") if teacher_arch else None
         _run(
             student=student,
             cfg=cfg,
@@ -178,11 +179,10 @@ def inspect(
     with _user_errors():
         from kdcore.inspection import inspect_model
         from kdcore.models import build_model
-        from kdcore.specs import parse_arch
         from kdcore.weights import load_model
 
         shape = _shape(input_shape)
-        spec = parse_arch(_read_json(arch, "architecture"))
+        spec = _arch(arch, "architecture")
         model = (
             load_model(weights, spec, shape, classes)
             if weights
@@ -245,8 +245,7 @@ def schema(
     what: Annotated[str, typer.Argument(help="arch or config")] = "arch",
 ) -> None:
     """Print the JSON Schema of architecture specs or training configs."""
-    from kdcore.config import DistillConfig
-    from kdcore.specs import arch_json_schema
+    from kdcore.contract import DistillConfig, arch_json_schema
 
     if what not in ("arch", "config"):
         err.print("[red]error:[/] choose arch or config")
@@ -275,10 +274,16 @@ def _read_json(path: Path, what: str) -> Any:
         raise ValueError(f"{what} file {path} is not valid JSON: {exc}") from exc
 
 
-def _config(path: Path) -> Any:
-    from kdcore.config import parse_config
+def _config(path: Path) -> DistillConfig:
+    from kdcore.contract import parse_config
 
     return parse_config(_read_json(path, "config"))
+
+
+def _arch(path: Path, what: str) -> Spec:
+    from kdcore.contract import parse_arch
+
+    return parse_arch(_read_json(path, what))
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -294,7 +299,7 @@ def _shape(text: str) -> tuple[int, ...]:
 def _run(
     *,
     student: Path,
-    cfg: Any,
+    cfg: DistillConfig,
     data: Path,
     val: Path | None,
     out: Path,
@@ -304,10 +309,10 @@ def _run(
 ) -> None:
     from kdcore.pipeline import run
 
-    spec = _read_json(student, "architecture")
+    spec = _arch(student, "architecture")
     with _progress_bar() as on_progress:
         report = run(
-            student_spec=spec,
+            spec=spec,
             config=cfg,
             data=data,
             val=val,

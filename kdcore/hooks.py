@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdcore.layer_paths import describe_missing_layer
+from kdcore.contract import describe_missing_layer
 
 
 class LayerNotFound(ValueError):

@@ -12,15 +12,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 
-from kdcore.config import DistillConfig
+from kdcore.contract import DistillConfig, Spec
 from kdcore.data import Dataset, load_dataset
 from kdcore.export import StudentMeta, export_student
 from kdcore.report import Report, build_report
-from kdcore.specs import parse_arch
 from kdcore.train import CancelFn, ProgressFn, resolve_device, train
 from kdcore.weights import freeze, load_model
 
@@ -33,20 +31,21 @@ class TeacherFile:
     """A teacher on disk: weights, plus the spec for weight-only formats."""
 
     path: Path
-    spec: Any | None = None
+    spec: Spec | None = None
     allow_code: bool = False  # TorchScript / torch.export files carry code: opt in only
 
 
 def load_teacher(teacher: TeacherFile, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """Load, then freeze (eval mode, no gradients)."""
-    spec = parse_arch(teacher.spec) if isinstance(teacher.spec, dict | str) else teacher.spec
-    model = load_model(teacher.path, spec, input_shape, num_classes, allow_code=teacher.allow_code)
+    """Load, then freeze (eval mode, no gradients): the one place a teacher is frozen."""
+    model = load_model(
+        teacher.path, teacher.spec, input_shape, num_classes, allow_code=teacher.allow_code
+    )
     return freeze(model)
 
 
 def run(
     *,
-    student_spec: Any,
+    spec: Spec,
     config: DistillConfig,
     data: Path | Dataset,
     out_dir: Path,
@@ -58,7 +57,6 @@ def run(
     resume: bool = True,
 ) -> Report:
     """Run a job end to end and return its report (also written to ``out_dir/report.json``)."""
-    spec = parse_arch(student_spec) if isinstance(student_spec, dict | str) else student_spec
     train_data = data if isinstance(data, Dataset) else load_dataset(data)
     val_data = val if isinstance(val, Dataset) or val is None else load_dataset(val)
     if val_data is not None and val_data.input_shape != train_data.input_shape:
@@ -73,7 +71,7 @@ def run(
         teacher_model = load_teacher(teacher, train_data.input_shape, train_data.num_classes)
 
     result = train(
-        student_spec=spec,
+        spec=spec,
         config=config,
         train_data=train_data,
         val_data=val_data,

@@ -44,7 +44,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
-from kdcore.config import DistillConfig, parse_config
+from kdcore.contract import DistillConfig, epochs_before_stage, parse_arch, parse_config
 from kdcore.pipeline import DEFAULT_FORMATS
 from kdcore.report import Report
 from kdcore.train import CHECKPOINT_NAME, METRICS_NAME, Progress
@@ -58,7 +58,7 @@ from worker.files import SandboxOutput, UnsafeOutput, download, local_name, work
 from worker.retry import DB_ERRORS, STORAGE_ERRORS, Retries, retrying
 from worker.sandbox import SandboxFailed, run_in_sandbox
 from worker.sandbox.policy import isolation_for, limits_for, teacher_input
-from worker.sandbox.protocol import DistillRequest
+from worker.sandbox.protocol import FAILURES, DistillRequest
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +72,6 @@ _MAX_ARTIFACTS = 32  # kdcore writes about ten
 _MAX_METRICS = 32  # per progress report; kdcore sends a handful
 _METRIC_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
 _PROGRESS: TypeAdapter[Progress] = TypeAdapter(Progress)
-# What the user reads when the sandbox fails, by its code (None: the sandbox's message).
-_FAILURES: dict[str, str | None] = {
-    "diverged": None,
-    "invalid_input": None,
-    "out_of_memory": "the training process ran out of memory ({}); use a smaller batch size "
-    "or model, or ask the operator to raise KDSERVE_SANDBOX_MEMORY_MB",
-    "crashed": None,
-    "internal": "internal error: {}",
-}
 
 
 class Outcome(enum.StrEnum):
@@ -404,7 +395,7 @@ class _Attempt:
             )
         if self.lease.lost.is_set():
             return Outcome.lost
-        template = _FAILURES.get(exc.code, "internal error: {}")
+        template = FAILURES[exc.code].message
         message = template.format(exc) if template else str(exc)
         return self.lease.end(JobStatus.failed, exc.code, message)
 
@@ -431,8 +422,8 @@ class _Attempt:
             teacher = teacher_input(self.settings, str(path), rows.teacher.arch)
         return DistillRequest(
             limits=limits_for(self.settings),
-            student=self.job.student,
-            config=config.model_dump(mode="json"),
+            student=parse_arch(self.job.student),
+            config=config,
             data=data,
             val=val,
             teacher=teacher,
@@ -573,7 +564,7 @@ class _Reporter:
         self.attempt, self.out = attempt, out
         self.lease = attempt.lease
         self.latest: dict[str, Any] = dict(attempt.job.metrics or {})
-        self.offsets = _epochs_before_stage(config)
+        self.offsets = epochs_before_stage(config)
         self.max_epochs = max(config.epochs, config.hint.epochs if config.hint else 0)
         self._last_write = -math.inf
 
@@ -626,14 +617,6 @@ class _Reporter:
             ),
         )
         self.attempt.sync_work(self.out)
-
-
-def _epochs_before_stage(config: DistillConfig) -> list[int]:
-    """Epochs of the stages before each stage, in kdcore's order (FitNets: hint, then KD)."""
-    if config.method == "fitnet":
-        assert config.hint is not None
-        return [0, config.hint.epochs]
-    return [0]
 
 
 def _report_metrics(report: Report) -> dict[str, Any]:

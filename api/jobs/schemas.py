@@ -7,6 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.kit.schemas import PLAIN_TEXT
+from kdcore.contract import ArchSpec, DistillConfig
 from store.models import JobStatus
 
 
@@ -16,8 +17,8 @@ class JobCreate(BaseModel):
     teacher_id: uuid.UUID | None = Field(default=None, description="null for method scratch")
     dataset_id: uuid.UUID
     val_dataset_id: uuid.UUID | None = None
-    student: dict[str, Any] = Field(description="architecture spec of the student")
-    config: dict[str, Any] = Field(description="training config (method, epochs, ...)")
+    student: ArchSpec = Field(description="architecture spec of the student")
+    config: DistillConfig = Field(description="training config (method, epochs, ...)")
     name: str | None = Field(default=None, max_length=200, pattern=PLAIN_TEXT)
 
 
@@ -34,8 +35,8 @@ class JobPublic(BaseModel):
     teacher_id: uuid.UUID | None
     dataset_id: uuid.UUID
     val_dataset_id: uuid.UUID | None
-    student: dict[str, Any]
-    config: dict[str, Any]
+    student: ArchSpec
+    config: DistillConfig
     stage: str | None
     epoch: int | None
     progress: float

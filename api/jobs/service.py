@@ -5,15 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from api.kit.deps import defer_task
 from api.kit.errors import Conflict, Invalid, TooManyRequests
-from kdcore.config import DistillConfig
-from kdcore.layer_paths import describe_missing_layer, layer_paths
-from kdcore.specs import SpecError, parse_arch
+from kdcore.contract import DistillConfig, Shape, Spec, SpecError, check_hint, layer_shapes
 from store.models import AssetStatus, DatasetRecord, Job, Teacher, Tenant
 from store.queue import RUN_JOB
 from store.repositories.catalog import DatasetRepository, TeacherRepository
@@ -21,7 +18,6 @@ from store.repositories.jobs import JobRepository
 from store.settings import Settings
 
 from .schemas import JobCreate, JobError, JobPublic
-from .shapes import Shape, regressor_problem, student_shapes
 
 
 def submit(
@@ -38,12 +34,7 @@ def submit(
         existing = jobs.by_idempotency_key(idempotency_key)
         if existing is not None:
             return existing, False
-    config = _config(body.config)
-    try:
-        student = parse_arch(body.student)
-    except SpecError as exc:
-        raise Invalid(f"student: {exc}") from exc
-
+    config, student = body.config, body.student
     datasets = DatasetRepository(session, tenant.id)
     data = _ready_dataset(datasets.get(body.dataset_id), body.dataset_id, "dataset_id")
     val = None
@@ -57,13 +48,14 @@ def submit(
                 f"{len(val.classes or [])} classes do not match the training data "
                 f"({data.input_shape}, {len(data.classes or [])} classes)"
             )
-    try:
-        shapes = student_shapes(student, tuple(data.input_shape or ()), len(data.classes or []))
-    except SpecError as exc:
-        raise Invalid(f"student: {exc}") from exc
+    shapes = _student_shapes(student, data)
     teacher = _teacher(session, tenant, body, config, data)
     if config.hint is not None and teacher is not None:
-        _check_hint(config, teacher, student, shapes)
+        teacher_shapes = {layer["path"]: tuple(layer["shape"]) for layer in teacher.layers or []}
+        try:
+            check_hint(config.hint, shapes, teacher_shapes)
+        except SpecError as exc:
+            raise Invalid(str(exc), errors=_located(exc)) from exc
     train_samples = (data.samples or 0) * (1 if val is not None else 1 - config.val_split)
     if config.batch_size > train_samples:
         raise Invalid(
@@ -102,16 +94,17 @@ def submit(
     return job, True
 
 
-def _config(raw: dict[str, Any]) -> DistillConfig:
+def _student_shapes(student: Spec, data: DatasetRecord) -> dict[str, Shape]:
+    """The student's layer shapes on this data: the family's own torch-free check."""
     try:
-        return DistillConfig.model_validate(raw)
-    except ValidationError as exc:
-        errors = [
-            {"loc": ["config", *e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()
-        ]
-        raise Invalid(
-            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors), errors=errors
-        ) from exc
+        return layer_shapes(student, tuple(data.input_shape or ()), len(data.classes or []))
+    except SpecError as exc:
+        raise Invalid(f"student: {exc}", errors=_located(exc, "student")) from exc
+
+
+def _located(exc: SpecError, *prefix: str) -> list[dict[str, Any]]:
+    loc = [*prefix, *exc.loc] if exc.loc or prefix else []
+    return [{"loc": loc, "msg": str(exc), "type": "value_error"}] if loc else []
 
 
 def _ready_dataset(d: DatasetRecord | None, id_: Any, field: str) -> DatasetRecord:
@@ -149,41 +142,6 @@ def _teacher(
             f"teacher has {teacher.num_classes} classes, the dataset {len(data.classes or [])}"
         )
     return teacher
-
-
-def _check_hint(
-    config: DistillConfig, teacher: Teacher, student: Any, shapes: dict[str, Shape] | None
-) -> None:
-    assert config.hint is not None
-    teacher_paths = [layer["path"] for layer in teacher.layers or []]
-    if config.hint.teacher_layer not in teacher_paths:
-        raise Invalid(
-            "config.hint.teacher_layer: "
-            + describe_missing_layer(config.hint.teacher_layer, teacher_paths)
-        )
-    student_paths = layer_paths(student)
-    if config.hint.student_layer not in student_paths:
-        raise Invalid(
-            "config.hint.student_layer: "
-            + describe_missing_layer(config.hint.student_layer, student_paths)
-        )
-    guided = (shapes or {}).get(config.hint.student_layer)
-    hint = next(
-        (
-            layer.get("shape")
-            for layer in teacher.layers or []
-            if layer["path"] == config.hint.teacher_layer
-        ),
-        None,
-    )
-    if guided is not None and hint is not None:
-        problem = regressor_problem(tuple(guided), tuple(hint))
-        if problem is not None:
-            raise Invalid(
-                f"config.hint: student layer {config.hint.student_layer!r} {tuple(guided)} "
-                f"and teacher layer {config.hint.teacher_layer!r} {tuple(hint)} do not fit: "
-                + problem
-            )
 
 
 def to_public(j: Job) -> JobPublic:

@@ -14,7 +14,8 @@ momentum                  0.9              SGD and RMSprop
 nesterov                  false            SGD
 weight_decay              5e-4
 schedule                  ``cosine``       ``cosine``, ``multistep``, ``constant``
-milestones                [0.5, 0.75]      ``multistep``: fractions of the stage's epochs
+milestones                [0.5, 0.75]      ``multistep``: fractions of the stage's length,
+                                           counted in optimizer steps (one per batch)
 gamma                     0.1              ``multistep``: factor at each milestone
 temperature               4.0              KD temperature T (> 0)
 alpha                     0.1              weight of the hard-label loss; 1 − alpha on KD
@@ -31,10 +32,14 @@ seed                      0
 
 from __future__ import annotations
 
-import json
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from kdcore.contract.errors import parse_json_model
+
+StageName = Literal["scratch", "hint", "kd"]
 
 
 class HintConfig(BaseModel):
@@ -91,7 +96,10 @@ class DistillConfig(BaseModel):
         if self.method != "fitnet" and self.hint is not None:
             raise ValueError(f'"hint" applies to method "fitnet" only, not {self.method!r}')
         if any(not 0 < m < 1 for m in self.milestones):
-            raise ValueError("milestones are fractions of the stage's epochs, each in (0, 1)")
+            raise ValueError(
+                "milestones are fractions of the stage's length (its optimizer steps), "
+                "each in (0, 1)"
+            )
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("nesterov needs optimizer 'sgd' with momentum > 0")
         return self
@@ -101,15 +109,42 @@ class DistillConfig(BaseModel):
         return self.method != "scratch"
 
 
-def parse_config(data: str | bytes | dict[str, Any]) -> DistillConfig:
-    """Parse a config from JSON text or a dict; errors name each bad field."""
-    try:
-        obj = json.loads(data) if isinstance(data, str | bytes) else data
-        return DistillConfig.model_validate(obj)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"config is not valid JSON: {exc}") from exc
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ValueError(f"invalid config: {problems}") from exc
+def parse_config(data: str | bytes | dict[str, object]) -> DistillConfig:
+    """Parse a config from JSON text or a dict (the CLI's files).
+
+    Raises:
+        SpecError: naming each bad field and what to change.
+    """
+    return parse_json_model(DistillConfig, data, what="config")
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage of a run: ``hint`` (FitNets stage 1), then ``kd``; or ``scratch``; or ``kd``.
+
+    ``lr`` None: the hint stage's default, set once the hint map's shape is known.
+    """
+
+    name: StageName
+    epochs: int
+    lr: float | None
+
+
+def plan_stages(config: DistillConfig) -> list[StagePlan]:
+    """The stages ``config`` runs, in order: the one plan the trainer and the worker share."""
+    if config.method == "fitnet":
+        assert config.hint is not None
+        return [
+            StagePlan("hint", config.hint.epochs, config.hint.lr),
+            StagePlan("kd", config.epochs, config.lr),
+        ]
+    return [StagePlan("kd" if config.method == "kd" else "scratch", config.epochs, config.lr)]
+
+
+def epochs_before_stage(config: DistillConfig) -> list[int]:
+    """For each stage of :func:`plan_stages`, how many epochs the stages before it run."""
+    offsets, total = [], 0
+    for stage in plan_stages(config):
+        offsets.append(total)
+        total += stage.epochs
+    return offsets

@@ -7,7 +7,7 @@ from collections import OrderedDict
 
 from torch import nn
 
-from kdcore.specs import MlpSpec
+from kdcore.contract import MlpSpec
 
 
 def build_mlp(spec: MlpSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:

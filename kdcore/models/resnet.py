@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kdcore.specs import ResNetSpec, WrnSpec
+from kdcore.contract import ResNetSpec, WrnSpec
 
 
 class BasicBlock(nn.Module):
@@ -50,7 +50,7 @@ class WideBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.relu1(self.bn1(x))
         # The projection shortcut sees the pre-activated input, as in the WRN reference code.
-        skip = x if isinstance(self.shortcut, nn.Identity) else self.shortcut(pre)
+        skip = self.shortcut(x if isinstance(self.shortcut, nn.Identity) else pre)
         out = self.conv1(pre)
         out = self.conv2(self.dropout(self.relu2(self.bn2(out))))
         return out + skip
@@ -59,11 +59,11 @@ class WideBlock(nn.Module):
 class ResNet(nn.Module):
     """conv1 → layer1..3 (n blocks each, strides 1, 2, 2) → pool → fc."""
 
-    def __init__(self, spec: ResNetSpec, in_channels: int, num_classes: int) -> None:
+    def __init__(self, spec: ResNetSpec, input_shape: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
         n = (spec.depth - 2) // 6
         widths = [16 * spec.width, 32 * spec.width, 64 * spec.width]
-        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(input_shape[0], widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU()
         in_ch = widths[0]
@@ -90,11 +90,11 @@ class ResNet(nn.Module):
 class WideResNet(nn.Module):
     """conv1 → block1..3 (n wide blocks each) → bn-relu → pool → fc."""
 
-    def __init__(self, spec: WrnSpec, in_channels: int, num_classes: int) -> None:
+    def __init__(self, spec: WrnSpec, input_shape: tuple[int, ...], num_classes: int) -> None:
         super().__init__()
         n = (spec.depth - 4) // 6
         widths = [16 * spec.width, 32 * spec.width, 64 * spec.width]
-        self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(input_shape[0], 16, 3, padding=1, bias=False)
         in_ch = 16
         stages = []
         for i, w in enumerate(widths):

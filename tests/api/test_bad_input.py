@@ -30,6 +30,7 @@ from safetensors.torch import save as safetensors_bytes
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from kdcore.contract import parse_arch
 from kdcore.models import build_model
 from store.blobs import store_from_settings
 from store.models import Blob, DatasetRecord, Teacher
@@ -149,7 +150,7 @@ def assert_invalid_and_gone(
 
 def mlp_weights(hidden: int = 8, classes: int = 4) -> bytes:
     torch.manual_seed(0)
-    model = build_model({"family": "mlp", "hidden": [hidden]}, SHAPE, classes)
+    model = build_model(parse_arch({"family": "mlp", "hidden": [hidden]}), SHAPE, classes)
     return safetensors_bytes(model.state_dict())
 
 

@@ -229,3 +229,18 @@ def test_unknown_ids_are_404(client: TestClient, alice: Tenancy) -> None:
         r = client.get(path, headers=alice.headers)
         assert r.status_code == 404
         assert r.json()["code"] == "not_found"
+
+
+def test_openapi_documents_the_job_contract(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+    body = doc["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"] == {"$ref": "#/components/schemas/JobCreate"}
+    schemas = doc["components"]["schemas"]
+    fields = schemas["JobCreate"]["properties"]
+    families = fields["student"]["discriminator"]["mapping"]
+    assert set(families) >= {"cnn", "mlp", "resnet", "wrn"}
+    assert schemas["ResNetSpec"]["properties"]["depth"]["default"] == 20
+    assert fields["config"]["$ref"] == "#/components/schemas/DistillConfig"
+    config = schemas["DistillConfig"]["properties"]
+    assert {"method", "epochs", "temperature", "alpha", "hint", "augment"} <= set(config)
+    assert config["method"]["enum"] == ["scratch", "kd", "fitnet"]

@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 
+from kdcore.contract import CnnSpec
 from kdcore.data import Dataset
 
 
@@ -24,22 +25,24 @@ def image_data(
     )
 
 
-def cnn(width: int = 8, dropout: float = 0.0) -> dict[str, Any]:
-    return {
-        "family": "cnn",
-        "layers": [
-            {"type": "conv", "out": width, "k": 3, "pad": 1, "name": "conv1"},
-            {"type": "batchnorm", "name": "bn1"},
-            {"type": "relu", "name": "relu1"},
-            {"type": "conv", "out": width, "k": 3, "pad": 1, "name": "conv2"},
-            {"type": "batchnorm", "name": "bn2"},
-            {"type": "relu", "name": "relu2"},
-            {"type": "maxpool", "k": 2, "name": "pool"},
-            {"type": "flatten", "name": "flatten"},
-            {"type": "dropout", "p": dropout, "name": "drop"},
-            {"type": "linear", "name": "fc"},
-        ],
-    }
+def cnn(width: int = 8, dropout: float = 0.0) -> CnnSpec:
+    return CnnSpec.model_validate(
+        {
+            "family": "cnn",
+            "layers": [
+                {"type": "conv", "out": width, "k": 3, "pad": 1, "name": "conv1"},
+                {"type": "batchnorm", "name": "bn1"},
+                {"type": "relu", "name": "relu1"},
+                {"type": "conv", "out": width, "k": 3, "pad": 1, "name": "conv2"},
+                {"type": "batchnorm", "name": "bn2"},
+                {"type": "relu", "name": "relu2"},
+                {"type": "maxpool", "k": 2, "name": "pool"},
+                {"type": "flatten", "name": "flatten"},
+                {"type": "dropout", "p": dropout, "name": "drop"},
+                {"type": "linear", "name": "fc"},
+            ],
+        }
+    )
 
 
 def config(**overrides: Any) -> dict[str, Any]:

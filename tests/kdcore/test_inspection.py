@@ -3,6 +3,7 @@ import torch
 
 from kdcore.hooks import FeatureTap, LayerNotFound, get_layer
 from kdcore.inspection import inspect_model
+from kdcore.contract import parse_arch
 from kdcore.models import build_model
 
 CNN = {
@@ -18,7 +19,7 @@ CNN = {
 
 
 def test_inspect_reports_shapes_params_and_macs_per_layer() -> None:
-    model = build_model(CNN, (3, 8, 8), 10)
+    model = build_model(parse_arch(CNN), (3, 8, 8), 10)
     summary = inspect_model(model, (3, 8, 8))
     layers = {layer.path: layer for layer in summary.layers}
     assert layers["c1"].shape == [8, 8, 8]
@@ -33,20 +34,20 @@ def test_inspect_reports_shapes_params_and_macs_per_layer() -> None:
 
 
 def test_resnet_paths_are_dotted() -> None:
-    model = build_model({"family": "resnet", "depth": 8}, (3, 32, 32), 10)
+    model = build_model(parse_arch({"family": "resnet", "depth": 8}), (3, 32, 32), 10)
     paths = [layer.path for layer in inspect_model(model, (3, 32, 32)).layers]
     assert "layer2.0.conv1" in paths
     assert "layer3.0.shortcut.0" in paths
 
 
 def test_missing_layer_suggests_nearest_paths() -> None:
-    model = build_model({"family": "resnet", "depth": 8}, (3, 32, 32), 10)
+    model = build_model(parse_arch({"family": "resnet", "depth": 8}), (3, 32, 32), 10)
     with pytest.raises(LayerNotFound, match=r"nearest valid paths: .*layer2\.0\.relu1"):
         get_layer(model, "layer2.0.relu")
 
 
 def test_tap_with_stop_ends_the_forward_pass_early() -> None:
-    model = build_model(CNN, (3, 8, 8), 10)
+    model = build_model(parse_arch(CNN), (3, 8, 8), 10)
     ran: list[str] = []
     get_layer(model, "fc").register_forward_hook(lambda *_: ran.append("fc"))
     with FeatureTap(model, "r1", stop=True) as tap:
@@ -61,7 +62,7 @@ def test_tap_with_stop_ends_the_forward_pass_early() -> None:
 
 
 def test_torchscript_models_get_totals_but_no_layers() -> None:
-    model = build_model(CNN, (3, 8, 8), 10).eval()
+    model = build_model(parse_arch(CNN), (3, 8, 8), 10).eval()
     eager = inspect_model(model, (3, 8, 8))
     scripted = inspect_model(torch.jit.trace(model, torch.zeros(1, 3, 8, 8)), (3, 8, 8))
     assert scripted.layers == []

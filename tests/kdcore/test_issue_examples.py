@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from kdcore.config import parse_config
+from kdcore.contract import parse_arch, parse_config
 from kdcore.models import build_model
 
 SPECS = {
@@ -29,7 +29,7 @@ CONFIGS = {
 @pytest.mark.parametrize("name", list(SPECS))
 @pytest.mark.parametrize("shape", [(3, 32, 32), (1, 28, 28)])
 def test_spec_examples_build_for_image_data(name: str, shape: tuple[int, ...]) -> None:
-    model = build_model(json.loads(SPECS[name]), shape, 10)
+    model = build_model(parse_arch(json.loads(SPECS[name])), shape, 10)
     assert sum(p.numel() for p in model.parameters()) > 0
 
 

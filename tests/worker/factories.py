@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from torch import nn
 
 from kdcore.data import Dataset
+from kdcore.contract import Spec
 from kdcore.models import build_model
 from store.blobs import BlobStore
 from store.db import transaction
@@ -113,7 +114,7 @@ def state_dict_bytes(model: nn.Module, *, fmt: str = "safetensors") -> bytes:
     return buf.getvalue()
 
 
-def teacher_model(arch: dict[str, Any] = TEACHER_ARCH, seed: int = 0) -> nn.Module:
+def teacher_model(arch: Spec = TEACHER_ARCH, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return build_model(arch, tuple(SHAPE), CLASSES)
 
@@ -177,7 +178,7 @@ def create_teacher(
         "tenant_id": tenant_id,
         "name": "teacher",
         "blob_id": create_blob(s, store, tenant_id, weights).id,
-        "arch": TEACHER_ARCH,
+        "arch": TEACHER_ARCH.model_dump(mode="json"),
         "input_shape": SHAPE,
         "num_classes": CLASSES,
         "status": AssetStatus.ready,
@@ -194,7 +195,7 @@ def create_job(s: Session, *, tenant_id: uuid.UUID, dataset_id: uuid.UUID, **ove
     fields: dict[str, Any] = {
         "tenant_id": tenant_id,
         "dataset_id": dataset_id,
-        "student": cnn(4),
+        "student": cnn(4).model_dump(mode="json"),
         "config": cfg,
         "method": cfg["method"],
         "metrics": {},

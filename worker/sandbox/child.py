@@ -103,7 +103,6 @@ def _progress_fn(channel: Channel) -> Callable[[Any], None]:
 
 def _distill(req: DistillRequest, box: Path, channel: Channel) -> dict[str, Any]:
     from kdcore import pipeline
-    from kdcore.config import parse_config
 
     teacher = None
     if req.teacher is not None:
@@ -113,8 +112,8 @@ def _distill(req: DistillRequest, box: Path, channel: Channel) -> dict[str, Any]
         )
     (box / "out").mkdir(exist_ok=True)
     report = pipeline.run(
-        student_spec=req.student,
-        config=parse_config(req.config),
+        spec=req.student,
+        config=req.config,
         data=box / req.data,
         val=box / req.val if req.val else None,
         teacher=teacher,

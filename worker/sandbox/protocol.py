@@ -13,9 +13,12 @@ so the parent validates every line with these models and caps line lengths.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from kdcore.contract import ArchSpec, DistillConfig
 
 REQUEST_NAME = "request.json"
 MAX_LINE_BYTES = 1 << 20  # a report is a few KB; anything longer is not ours
@@ -25,6 +28,38 @@ CANCEL = b"cancel\n"
 ErrorCode = Literal[
     "canceled", "diverged", "invalid_input", "out_of_memory", "time_limit", "crashed", "internal"
 ]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What an error code means to the worker.
+
+    Attributes:
+        input_at_fault: the input itself is the problem (a bad spec, file or a limit it
+            broke), so an upload is marked ``invalid``; otherwise the check failed and the
+            upload is retried.
+        message: the user's message for a failed job, ``{}`` standing for the sandbox's
+            text; None: the sandbox's text as it is. ``canceled`` and ``time_limit`` are worded
+            by the runner, which knows who canceled and the limit.
+    """
+
+    input_at_fault: bool
+    message: str | None = None
+
+
+FAILURES: dict[ErrorCode, Failure] = {
+    "canceled": Failure(input_at_fault=False),
+    "diverged": Failure(input_at_fault=False),
+    "invalid_input": Failure(input_at_fault=True),
+    "out_of_memory": Failure(
+        input_at_fault=True,
+        message="the training process ran out of memory ({}); use a smaller batch size "
+        "or model, or ask the operator to raise KDSERVE_SANDBOX_MEMORY_MB",
+    ),
+    "time_limit": Failure(input_at_fault=True),
+    "crashed": Failure(input_at_fault=False),
+    "internal": Failure(input_at_fault=False, message="internal error: {}"),
+}
 
 
 class _Model(BaseModel):
@@ -42,7 +77,7 @@ CODE_FORMATS = ("torchscript", "export")  # kdcore.weights formats that carry a 
 
 class TeacherInput(_Model):
     path: str  # relative to the child's folder
-    arch: Any | None = None
+    arch: ArchSpec | None = None
     allow_code: bool = False
     # Set when the operator enabled code checkpoints but this worker cannot confine them:
     # the child refuses a code checkpoint with this message (kdcore's own would say they
@@ -55,8 +90,8 @@ class DistillRequest(_Model):
 
     op: Literal["distill"] = "distill"
     limits: Limits
-    student: Any
-    config: dict[str, Any]
+    student: ArchSpec
+    config: DistillConfig
     data: str
     val: str | None = None
     teacher: TeacherInput | None = None

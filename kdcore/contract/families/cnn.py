@@ -1,48 +1,32 @@
-"""Architecture specs: one JSON language for students and for teachers given as weights.
+"""The ``cnn`` family: an explicit stack of layers, each with a stable name.
 
-A spec is a JSON object whose ``family`` picks the grammar:
+``{"family": "cnn", "layers": [<layer>, ...]}``. Each layer is an object with a ``type``
+and an optional ``name`` (its dotted path; default: its index in the list, as a string).
+Types and their fields:
 
-``cnn``
-    ``{"family": "cnn", "layers": [<layer>, ...]}``, an explicit stack. Each layer is an
-    object with a ``type`` and an optional ``name`` (its dotted path; default: its index
-    in the list, as a string). Types and their fields:
+- ``conv``: ``out``, ``k`` (3), ``stride`` (1), ``pad`` (0), ``bias`` (true)
+- ``maxout_conv``: a conv with ``pieces`` (2) outputs per channel, max over pieces
+  (Goodfellow et al. 2013, the unit of the FitNets paper); fields of ``conv`` plus ``pieces``
+- ``batchnorm``, ``relu``, ``flatten``
+- ``maxpool`` / ``avgpool``: ``k`` (2), ``stride`` (= ``k``), ``pad`` (0)
+- ``global_avgpool``: averages each channel to one value (output ``(C,)``)
+- ``dropout``: ``p`` (0.5)
+- ``linear``: ``out`` (default: the number of classes), ``bias`` (true)
+- ``maxout_linear``: ``out`` (default: classes), ``pieces`` (2)
 
-    - ``conv``: ``out``, ``k`` (3), ``stride`` (1), ``pad`` (0), ``bias`` (true)
-    - ``maxout_conv``: a conv with ``pieces`` (2) outputs per channel, max over pieces
-      (Goodfellow et al. 2013, the unit of the FitNets paper); fields of ``conv`` plus ``pieces``
-    - ``batchnorm``, ``relu``, ``flatten``
-    - ``maxpool`` / ``avgpool``: ``k`` (2), ``stride`` (= ``k``), ``pad`` (0)
-    - ``global_avgpool``: averages each channel to one value (output ``(C,)``)
-    - ``dropout``: ``p`` (0.5)
-    - ``linear``: ``out`` (default: the number of classes), ``bias`` (true)
-    - ``maxout_linear``: ``out`` (default: classes), ``pieces`` (2)
-
-    The last layer's output must be a vector of ``num_classes`` logits.
-
-``resnet``
-    ``{"family": "resnet", "depth": 20, "width": 1}``: the CIFAR ResNet of He et al. 2016
-    (depth = 6n + 2, three stages of n basic blocks with 16·w, 32·w, 64·w channels).
-    ``resnet8x4`` is depth 8, width 4; ``resnet32x4`` depth 32, width 4.
-
-``wrn``
-    ``{"family": "wrn", "depth": 16, "width": 2, "dropout": 0.0}``: the wide ResNet of
-    Zagoruyko & Komodakis 2016 (depth = 6n + 4, pre-activation blocks, 16, 16·k, 32·k, 64·k
-    channels); ``wrn-40-2`` is depth 40, width 2.
-
-``mlp``
-    ``{"family": "mlp", "hidden": [1200, 1200], "dropout": 0.0, "input_dropout": 0.0}``:
-    flatten, then ``Linear → ReLU → Dropout`` per hidden size, then a linear head
-    (Hinton et al.'s MNIST nets: 2×1200 teacher, 2×800 student).
-
-Input shape and class count are not part of a spec: they come from the data.
+The last layer's output must be a vector of ``num_classes`` logits. The torch builder is
+:func:`kdcore.models.cnn.build_cnn`.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Any, Literal
+import math
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from kdcore.contract.errors import SpecError
+from kdcore.contract.registry import Family, Shape, Spec, register_family
 
 
 class _Strict(BaseModel):
@@ -127,7 +111,7 @@ Layer = Annotated[
 ]
 
 
-class CnnSpec(_Strict):
+class CnnSpec(Spec):
     family: Literal["cnn"]
     layers: list[Layer] = Field(min_length=1)
 
@@ -142,85 +126,81 @@ class CnnSpec(_Strict):
         return self
 
 
-class ResNetSpec(_Strict):
-    family: Literal["resnet"]
-    depth: int = Field(default=20, ge=8)
-    width: int = Field(default=1, ge=1)
-
-    @model_validator(mode="after")
-    def _depth(self) -> ResNetSpec:
-        if (self.depth - 2) % 6:
-            raise ValueError(
-                f"resnet depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110...), got {self.depth}"
-            )
-        return self
-
-
-class WrnSpec(_Strict):
-    family: Literal["wrn"]
-    depth: int = Field(default=16, ge=10)
-    width: int = Field(default=2, ge=1)
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-
-    @model_validator(mode="after")
-    def _depth(self) -> WrnSpec:
-        if (self.depth - 4) % 6:
-            raise ValueError(f"wrn depth must be 6n+4 (10, 16, 22, 28, 40...), got {self.depth}")
-        return self
-
-
-class MlpSpec(_Strict):
-    family: Literal["mlp"]
-    hidden: list[Annotated[int, Field(gt=0)]] = Field(min_length=1)
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    input_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-
-
-ArchSpec = Annotated[CnnSpec | ResNetSpec | WrnSpec | MlpSpec, Field(discriminator="family")]
-
-_ADAPTER: TypeAdapter[CnnSpec | ResNetSpec | WrnSpec | MlpSpec] = TypeAdapter(ArchSpec)
-FAMILIES = ("cnn", "resnet", "wrn", "mlp")
-
-
-class SpecError(ValueError):
-    """A spec that does not parse, or cannot take the given input; the message says why."""
-
-
-def parse_arch(data: str | bytes | dict[str, Any]) -> CnnSpec | ResNetSpec | WrnSpec | MlpSpec:
-    """Parse and validate an architecture spec from JSON text or a dict.
-
-    Raises:
-        SpecError: with every problem found, and the valid choices where a name is wrong.
-    """
-    try:
-        obj = json.loads(data) if isinstance(data, str | bytes) else data
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"architecture spec is not valid JSON: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise SpecError('architecture spec must be a JSON object such as {"family": "mlp", ...}')
-    family = obj.get("family")
-    if family not in FAMILIES:
-        raise SpecError(f"unknown family {family!r}; valid families: {', '.join(FAMILIES)}")
-    try:
-        return _ADAPTER.validate_python(obj)
-    except ValidationError as exc:
-        raise SpecError(_describe(exc)) from exc
+def cnn_shapes(spec: CnnSpec, input_shape: Shape, num_classes: int) -> dict[str, Shape]:
+    """Each layer's output shape, by convolution and pooling arithmetic."""
+    shapes: dict[str, Shape] = {}
+    shape = tuple(input_shape)
+    for i, layer in enumerate(spec.layers):
+        name = layer.name or str(i)
+        where = f"layer {i} ({name!r}, {layer.type})"
+        subs: dict[str, Shape] = {}
+        match layer:
+            case ConvLayer() | MaxoutConvLayer():
+                _image(shape, where)
+                spatial = _window(shape, layer.k, layer.stride, layer.pad, where)
+                if isinstance(layer, MaxoutConvLayer):
+                    subs[f"{name}.conv"] = (layer.out * layer.pieces, *spatial)
+                shape = (layer.out, *spatial)
+            case PoolLayer():
+                _image(shape, where)
+                if 2 * layer.pad > layer.k:
+                    raise SpecError(f"{where}: pad {layer.pad} is over half the kernel {layer.k}")
+                shape = (
+                    shape[0],
+                    *_window(shape, layer.k, layer.stride or layer.k, layer.pad, where),
+                )
+            case GlobalAvgPoolLayer():
+                _image(shape, where)
+                subs = {f"{name}.0": (shape[0], 1, 1), f"{name}.1": (shape[0],)}
+                shape = (shape[0],)
+            case FlattenLayer():
+                shape = (math.prod(shape),)
+            case LinearLayer() | MaxoutLinearLayer():
+                _vector(shape, where)
+                out = layer.out or num_classes
+                if isinstance(layer, MaxoutLinearLayer):
+                    subs[f"{name}.linear"] = (out * layer.pieces,)
+                shape = (out,)
+            case BatchNormLayer():
+                if len(shape) not in (1, 3):
+                    _vector(shape, where)
+            case _:  # relu and dropout keep the shape
+                pass
+        shapes[name] = shape
+        shapes |= subs  # submodules come after their parent in named_modules()
+    if shape != (num_classes,):
+        raise SpecError(
+            f"the last layer outputs shape {shape}, but the data has {num_classes} "
+            'classes: end the stack with {"type": "flatten"} (if needed) and {"type": "linear"}'
+        )
+    return shapes
 
 
-def arch_json_schema() -> dict[str, Any]:
-    """The published JSON Schema of architecture specs."""
-    return _ADAPTER.json_schema()
+def _image(shape: Shape, where: str) -> None:
+    if len(shape) != 3:
+        raise SpecError(f"{where} needs an image input (C, H, W), but receives shape {shape}")
 
 
-def _describe(exc: ValidationError) -> str:
-    lines = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "spec"
-        msg = err["msg"]
-        if err["type"] == "union_tag_invalid":
-            ctx = err.get("ctx", {})
-            msg = f"unknown {ctx.get('discriminator', 'tag')} {ctx.get('tag')!r}; valid: " + str(
-                ctx.get("expected_tags")
-            )
-        lines.append(f"{where}: {msg}")
-    return "invalid architecture spec: " + "; ".join(lines)
+def _vector(shape: Shape, where: str) -> None:
+    if len(shape) != 1:
+        raise SpecError(
+            f'{where} needs a vector input, but receives shape {shape}: put {{"type": '
+            '"flatten"} before it'
+        )
+
+
+def _window(shape: Shape, k: int, stride: int, pad: int, where: str) -> tuple[int, int]:
+    """Output height and width of a ``k``×``k`` window (convolution or pooling)."""
+    h, w = (size + 2 * pad for size in shape[1:])
+    if k > min(h, w):
+        raise SpecError(
+            f"{where} cannot take input shape {shape}: its {k}x{k} window is larger than the "
+            f"padded input {h}x{w}; use a smaller kernel, more padding or fewer downsampling "
+            "layers before it"
+        )
+    return (h - k) // stride + 1, (w - k) // stride + 1
+
+
+CNN = register_family(
+    Family("cnn", spec=CnnSpec, shapes=cnn_shapes, build="kdcore.models.cnn:build_cnn")
+)

@@ -1,9 +1,19 @@
+from typing import Literal
+
 import pytest
 import torch
 
+from kdcore.contract import (
+    Family,
+    Spec,
+    SpecError,
+    arch_json_schema,
+    parse_arch,
+    register_family,
+    registered_families,
+)
 from kdcore.hooks import get_layer
-from kdcore.models import build_model, register_family
-from kdcore.specs import SpecError, arch_json_schema, parse_arch
+from kdcore.models import build_model
 
 EXAMPLES = {
     "mlp-teacher": {"family": "mlp", "hidden": [1200, 1200], "dropout": 0.2},
@@ -26,7 +36,7 @@ EXAMPLES = {
 
 @pytest.mark.parametrize("name", list(EXAMPLES))
 def test_examples_build_and_give_logits(name: str) -> None:
-    model = build_model(EXAMPLES[name], (3, 32, 32), 10)
+    model = build_model(parse_arch(EXAMPLES[name]), (3, 32, 32), 10)
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
@@ -40,17 +50,17 @@ def test_examples_build_and_give_logits(name: str) -> None:
     ],
 )
 def test_residual_nets_have_reference_parameter_counts(spec: dict, params: int) -> None:
-    model = build_model(spec, (3, 32, 32), 10)
+    model = build_model(parse_arch(spec), (3, 32, 32), 10)
     assert sum(p.numel() for p in model.parameters()) == params
 
 
 def test_cnn_paths_are_names_or_indices() -> None:
-    model = build_model(EXAMPLES["cnn"], (3, 32, 32), 10)
+    model = build_model(parse_arch(EXAMPLES["cnn"]), (3, 32, 32), 10)
     assert [n for n, _ in model.named_children()] == ["c1", "1", "2", "3", "4"]
 
 
 def test_mlp_paths_and_sizes() -> None:
-    model = build_model(EXAMPLES["mlp-teacher"], (1, 28, 28), 10)
+    model = build_model(parse_arch(EXAMPLES["mlp-teacher"]), (1, 28, 28), 10)
     names = [n for n, _ in model.named_children()]
     assert names == ["flatten", "fc1", "relu1", "drop1", "fc2", "relu2", "drop2", "head"]
     assert get_layer(model, "fc1").in_features == 784
@@ -66,13 +76,13 @@ def test_maxout_layers() -> None:
             {"type": "linear"},
         ],
     }
-    model = build_model(spec, (1, 6, 6), 4)
+    model = build_model(parse_arch(spec), (1, 6, 6), 4)
     assert get_layer(model, "mc.conv").out_channels == 24
     assert model(torch.zeros(2, 1, 6, 6)).shape == (2, 4)
 
 
 def test_unknown_family_lists_valid_ones() -> None:
-    with pytest.raises(SpecError, match="valid families: cnn, resnet, wrn, mlp"):
+    with pytest.raises(SpecError, match="valid families: cnn, mlp, resnet, wrn"):
         parse_arch({"family": "vit"})
 
 
@@ -97,24 +107,24 @@ def test_impossible_shape_names_the_layer() -> None:
         "layers": [{"type": "conv", "out": 4, "k": 9}, {"type": "flatten"}, {"type": "linear"}],
     }
     with pytest.raises(SpecError, match="layer 0.*cannot take input shape \\(3, 5, 5\\)"):
-        build_model(spec, (3, 5, 5), 10)
+        build_model(parse_arch(spec), (3, 5, 5), 10)
 
 
 def test_linear_on_an_image_asks_for_flatten() -> None:
     spec = {"family": "cnn", "layers": [{"type": "linear"}]}
     with pytest.raises(SpecError, match="flatten"):
-        build_model(spec, (3, 8, 8), 10)
+        build_model(parse_arch(spec), (3, 8, 8), 10)
 
 
 def test_wrong_class_count_at_the_end() -> None:
     spec = {"family": "cnn", "layers": [{"type": "flatten"}, {"type": "linear", "out": 5}]}
     with pytest.raises(SpecError, match="10 classes"):
-        build_model(spec, (3, 8, 8), 10)
+        build_model(parse_arch(spec), (3, 8, 8), 10)
 
 
 def test_image_families_refuse_vectors() -> None:
     with pytest.raises(SpecError, match="mlp"):
-        build_model({"family": "resnet", "depth": 8}, (784,), 10)
+        build_model(parse_arch({"family": "resnet", "depth": 8}), (784,), 10)
 
 
 def test_duplicate_layer_names() -> None:
@@ -130,16 +140,10 @@ def test_json_schema_lists_every_family() -> None:
         assert family in text
 
 
-def test_registered_family_is_built() -> None:
-    from torch import nn
+def test_a_spec_class_must_accept_its_family_name() -> None:
+    class Other(Spec):
+        family: Literal["other"]
 
-    from kdcore import specs
-
-    register_family("cnn", lambda spec, shape, k: nn.Sequential(nn.Flatten(), nn.Linear(12, k)))
-    try:
-        model = build_model(specs.CnnSpec(family="cnn", layers=[{"type": "relu"}]), (3, 2, 2), 3)
-        assert isinstance(get_layer(model, "1"), nn.Linear)
-    finally:
-        from kdcore.models.cnn import build_cnn
-
-        register_family("cnn", build_cnn)
+    with pytest.raises(ValueError, match="Literal\\['toy'\\]"):
+        register_family(Family("toy", spec=Other, shapes=lambda *_: {}, build=lambda *_: None))
+    assert "toy" not in registered_families()

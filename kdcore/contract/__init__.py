@@ -1,0 +1,69 @@
+"""kdcore's job contract: the one typed language of a job, from the HTTP body to the loop.
+
+Torch-free (the API imports it): architecture specs and their family registry, layer
+paths and shapes worked out from a spec, the training config and its stage plan, the
+FitNets regressor rule, and the one way a violation is worded for the user.
+"""
+
+from kdcore.contract.config import (
+    DistillConfig,
+    HintConfig,
+    StageName,
+    StagePlan,
+    epochs_before_stage,
+    parse_config,
+    plan_stages,
+)
+from kdcore.contract.errors import SpecError, parse_json_model, explain_errors, summarize
+
+# The built-in families register themselves on import (after the registry exists).
+from kdcore.contract.families import CnnSpec, MlpSpec, ResNetSpec, WrnSpec  # noqa: I001
+from kdcore.contract.registry import (
+    ArchSpec,
+    Family,
+    Shape,
+    Spec,
+    arch_json_schema,
+    describe_missing_layer,
+    get_family,
+    layer_paths,
+    layer_shapes,
+    parse_arch,
+    register_family,
+    registered_families,
+)
+from kdcore.contract.regressor import RegressorError, RegressorPlan, check_hint, plan_regressor
+
+__all__ = [
+    "ArchSpec",
+    "CnnSpec",
+    "DistillConfig",
+    "Family",
+    "HintConfig",
+    "MlpSpec",
+    "RegressorError",
+    "RegressorPlan",
+    "ResNetSpec",
+    "Shape",
+    "Spec",
+    "SpecError",
+    "StageName",
+    "StagePlan",
+    "WrnSpec",
+    "arch_json_schema",
+    "check_hint",
+    "describe_missing_layer",
+    "epochs_before_stage",
+    "registered_families",
+    "get_family",
+    "layer_paths",
+    "layer_shapes",
+    "parse_arch",
+    "parse_config",
+    "parse_json_model",
+    "plan_regressor",
+    "plan_stages",
+    "explain_errors",
+    "register_family",
+    "summarize",
+]

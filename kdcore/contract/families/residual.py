@@ -1,0 +1,129 @@
+"""The CIFAR residual families: ``resnet`` (He et al. 2016) and ``wrn`` (Zagoruyko 2016).
+
+``{"family": "resnet", "depth": 20, "width": 1}``: depth = 6n + 2, three stages of n basic
+blocks with 16·w, 32·w, 64·w channels (``resnet8x4`` is depth 8, width 4).
+
+``{"family": "wrn", "depth": 16, "width": 2, "dropout": 0.0}``: depth = 6n + 4,
+pre-activation blocks, 16, 16·k, 32·k, 64·k channels (``wrn-40-2`` is depth 40, width 2).
+
+The torch builders are in :mod:`kdcore.models.resnet`; the shape functions here follow
+their module order (``named_modules()``), checked by tests against the built models.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from kdcore.contract.errors import SpecError
+from kdcore.contract.registry import Family, Shape, Spec, register_family
+
+
+class ResNetSpec(Spec):
+    family: Literal["resnet"]
+    depth: int = Field(default=20, ge=8)
+    width: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _depth(self) -> ResNetSpec:
+        if (self.depth - 2) % 6:
+            raise ValueError(
+                f"resnet depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110...), got {self.depth}"
+            )
+        return self
+
+    @property
+    def blocks_per_stage(self) -> int:
+        return (self.depth - 2) // 6
+
+
+class WrnSpec(Spec):
+    family: Literal["wrn"]
+    depth: int = Field(default=16, ge=10)
+    width: int = Field(default=2, ge=1)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _depth(self) -> WrnSpec:
+        if (self.depth - 4) % 6:
+            raise ValueError(f"wrn depth must be 6n+4 (10, 16, 22, 28, 40...), got {self.depth}")
+        return self
+
+    @property
+    def blocks_per_stage(self) -> int:
+        return (self.depth - 4) // 6
+
+
+def _image(family: str, input_shape: Shape) -> Shape:
+    if len(input_shape) != 3:
+        raise SpecError(
+            f"family {family!r} needs image input (C, H, W), but the data has shape "
+            f"{tuple(input_shape)}; use the mlp family for vectors"
+        )
+    return input_shape
+
+
+def _down(size: int, stride: int) -> int:
+    """A 3×3 convolution with padding 1 (or a 1×1 without) at ``stride``."""
+    return (size - 1) // stride + 1
+
+
+def resnet_shapes(spec: ResNetSpec, input_shape: Shape, num_classes: int) -> dict[str, Shape]:
+    """conv1, bn1, relu → layer1..3 of basic blocks → pool, flatten, fc."""
+    _, h, w = _image("resnet", input_shape)
+    c = 16 * spec.width
+    shapes: dict[str, Shape] = {"conv1": (c, h, w), "bn1": (c, h, w), "relu": (c, h, w)}
+    for s, width in enumerate((16 * spec.width, 32 * spec.width, 64 * spec.width), start=1):
+        blocks: dict[str, Shape] = {}
+        for j in range(spec.blocks_per_stage):
+            stride = 2 if s > 1 and j == 0 else 1
+            entry, (h, w) = (c, h, w), (_down(h, stride), _down(w, stride))
+            out = (width, h, w)
+            p = f"layer{s}.{j}"
+            blocks[p] = out
+            blocks |= {f"{p}.{m}": out for m in ("conv1", "bn1", "relu1", "conv2", "bn2")}
+            if stride != 1 or c != width:  # projection shortcut: 1×1 conv + batchnorm
+                blocks |= {f"{p}.shortcut": out, f"{p}.shortcut.0": out, f"{p}.shortcut.1": out}
+            else:
+                blocks[f"{p}.shortcut"] = entry
+            blocks[f"{p}.relu2"] = out
+            c = width
+        shapes[f"layer{s}"] = (c, h, w)
+        shapes |= blocks
+    return shapes | {"pool": (c, 1, 1), "flatten": (c,), "fc": (num_classes,)}
+
+
+def wrn_shapes(spec: WrnSpec, input_shape: Shape, num_classes: int) -> dict[str, Shape]:
+    """conv1 → block1..3 of pre-activation wide blocks → bn, relu, pool, flatten, fc."""
+    _, h, w = _image("wrn", input_shape)
+    c = 16
+    shapes: dict[str, Shape] = {"conv1": (c, h, w)}
+    for s, width in enumerate((16 * spec.width, 32 * spec.width, 64 * spec.width), start=1):
+        blocks: dict[str, Shape] = {}
+        for j in range(spec.blocks_per_stage):
+            stride = 2 if s > 1 and j == 0 else 1
+            entry, (h, w) = (c, h, w), (_down(h, stride), _down(w, stride))
+            out = (width, h, w)
+            p = f"block{s}.{j}"
+            blocks |= {p: out, f"{p}.bn1": entry, f"{p}.relu1": entry}
+            blocks |= {f"{p}.{m}": out for m in ("conv1", "bn2", "relu2", "dropout", "conv2")}
+            blocks[f"{p}.shortcut"] = out if stride != 1 or c != width else entry
+            c = width
+        shapes[f"block{s}"] = (c, h, w)
+        shapes |= blocks
+    return shapes | {
+        "bn": (c, h, w),
+        "relu": (c, h, w),
+        "pool": (c, 1, 1),
+        "flatten": (c,),
+        "fc": (num_classes,),
+    }
+
+
+RESNET = register_family(
+    Family("resnet", spec=ResNetSpec, shapes=resnet_shapes, build="kdcore.models.resnet:ResNet")
+)
+WRN = register_family(
+    Family("wrn", spec=WrnSpec, shapes=wrn_shapes, build="kdcore.models.resnet:WideResNet")
+)
