@@ -13,9 +13,13 @@ An export folder holds:
     ``(B, *input_shape)`` on the data's own scale (0..255 for 8-bit images) and apply the
     preprocessing themselves (:class:`Preprocessed`); the batch dimension is dynamic.
 
-Every file is written under a temporary name in the folder and renamed into place, so a
-half-written file never carries a final name; each program is reloaded and checked against
-the PyTorch model before it is renamed.
+Every file is written under a temporary name in the folder and renamed into place
+(:func:`kdcore.files.atomic_write`), so a half-written file never carries a final name; each
+program is reloaded and checked against the PyTorch model before it is renamed.
+
+The preprocessing is a :class:`kdcore.data.Normalizer`: ``student.json`` holds its dict, and
+:class:`Preprocessed` applies its tensors with its arithmetic, so the programs normalize
+exactly as training and evaluation did.
 """
 
 from __future__ import annotations
@@ -23,12 +27,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import math
-import os
-import secrets
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +37,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from kdcore.contract import Spec, parse_arch
+from kdcore.data.normalizer import Normalizer, normalize
+from kdcore.files import atomic_write
 from kdcore.models import build_model
-from kdcore.specs import parse_arch
 from kdcore.weights import WeightsError, load_state_dict, load_weights_into
 
 __all__ = [
@@ -67,29 +69,32 @@ _HOW_TO_LOAD = (
 )
 # Relative and absolute tolerance between an exported program and the PyTorch model.
 _TOLERANCE = 1e-4
+# What a student.json without (some of) "preprocess" means: the raw input as it is.
+_NO_PREPROCESSING = Normalizer(scale=1.0, mean=[0.0], std=[1.0]).to_dict()
 
 
 @dataclass(frozen=True)
 class StudentMeta:
     """What ``student.json`` holds: everything needed to rebuild and feed the student.
 
-    The model expects ``((x * scale) - mean) / std`` where ``x`` is the raw sample;
+    The model expects ``((x * scale) - mean) / std`` where ``x`` is the raw sample:
+    ``preprocess`` is a :class:`~kdcore.data.Normalizer`'s dict (:attr:`normalizer`), whose
     ``mean`` and ``std`` hold one value (broadcast everywhere) or one per channel (the
     first dimension of ``input_shape``: ``(C, 1, 1)`` for images, per feature for vectors).
 
-    The constructor validates and canonicalizes: ``spec`` is parsed and re-dumped as JSON
-    (defaults kept, unset optional fields dropped), ``preprocess`` gets all three keys
-    (defaults ``scale=1``, ``mean=[0]``, ``std=[1]``).
+    The constructor validates and canonicalizes: ``preprocess`` is checked as a
+    normalizer for ``input_shape`` and gets all three keys (defaults ``scale=1``,
+    ``mean=[0]``, ``std=[1]``).
 
     Attributes:
-        spec: the architecture spec as a JSON object.
+        spec: the student's architecture spec (parsed from ``student.json`` once, on reading).
         input_shape: one raw sample's shape, e.g. ``[3, 32, 32]``.
         num_classes: number of logits.
         classes: class names, in logit order.
         preprocess: ``{"scale": float, "mean": [float, ...], "std": [float, ...]}``.
     """
 
-    spec: dict[str, Any]
+    spec: Spec
     input_shape: list[int]
     num_classes: int
     classes: list[str]
@@ -97,8 +102,6 @@ class StudentMeta:
 
     def __post_init__(self) -> None:
         # Frozen dataclass: canonical values go in through object.__setattr__.
-        spec = parse_arch(self.spec).model_dump(mode="json", exclude_none=True)
-        object.__setattr__(self, "spec", spec)
         shape = [int(d) for d in self.input_shape]
         if not shape or min(shape) < 1:
             raise ValueError(f"input_shape must be positive sizes such as [3, 32, 32], got {shape}")
@@ -111,16 +114,22 @@ class StudentMeta:
         object.__setattr__(self, "classes", [str(c) for c in self.classes])
         object.__setattr__(self, "preprocess", _canonical_preprocess(self.preprocess, shape))
 
+    @property
+    def normalizer(self) -> Normalizer:
+        """The preprocessing the model expects."""
+        return Normalizer.from_dict(self.preprocess)
+
     def to_json_dict(self) -> dict[str, Any]:
         """The JSON object written to ``student.json`` (without ``format_version``)."""
-        return asdict(self)
+        spec = self.spec.model_dump(mode="json", exclude_none=True)
+        return {**asdict(self), "spec": spec}
 
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> StudentMeta:
         """Read :meth:`to_json_dict` output (extra keys such as ``format_version`` ignored)."""
         try:
             return cls(
-                spec=data["spec"],
+                spec=parse_arch(data["spec"]),
                 input_shape=data["input_shape"],
                 num_classes=data["num_classes"],
                 classes=data["classes"],
@@ -131,77 +140,44 @@ class StudentMeta:
 
 
 def _canonical_preprocess(pre: dict[str, Any], input_shape: list[int]) -> dict[str, Any]:
-    unknown = set(pre) - {"scale", "mean", "std"}
-    if unknown:
-        raise ValueError(f"unknown preprocess keys {sorted(unknown)}; valid: scale, mean, std")
-    scale = float(pre.get("scale", 1.0))
-    mean = [float(v) for v in pre.get("mean", [0.0])]
-    std = [float(v) for v in pre.get("std", [1.0])]
-    if not math.isfinite(scale) or scale == 0:
-        raise ValueError(f"preprocess scale must be a finite non-zero number, got {scale}")
-    for name, values in (("mean", mean), ("std", std)):
-        if len(values) not in (1, input_shape[0]):
-            raise ValueError(
-                f"preprocess {name} needs 1 value or {input_shape[0]} (one per channel of "
-                f"input shape {input_shape}), got {len(values)}"
-            )
-        if not all(math.isfinite(v) for v in values):
-            raise ValueError(f"preprocess {name} must be finite numbers, got {values}")
-    if any(v == 0 for v in std):
-        raise ValueError(f"preprocess std must be non-zero, got {std}")
-    return {"scale": scale, "mean": mean, "std": std}
+    normalizer = Normalizer.from_dict({**_NO_PREPROCESSING, **pre})
+    normalizer.stats(input_shape)  # refuses values per channel that input_shape lacks
+    return normalizer.to_dict()
 
 
 class Preprocessed(nn.Module):
     """A model that takes raw input: ``model(((x * scale) - mean) / std)``.
 
-    ``mean`` and ``std`` are buffers shaped to broadcast over one sample: a scalar, or
-    ``(C, 1, ..., 1)`` with one value per channel of ``input_shape``.
+    Built from a :class:`~kdcore.data.Normalizer`: ``mean`` and ``std`` are its
+    :meth:`~kdcore.data.Normalizer.stats` as buffers (a scalar, or ``(C, 1, ..., 1)`` with
+    one value per channel of ``input_shape``), applied with the same
+    :func:`~kdcore.data.normalize`.
     """
 
     mean: torch.Tensor
     std: torch.Tensor
 
     def __init__(
-        self,
-        model: nn.Module,
-        *,
-        scale: float,
-        mean: Sequence[float],
-        std: Sequence[float],
-        input_shape: Sequence[int],
+        self, model: nn.Module, normalizer: Normalizer, *, input_shape: Sequence[int]
     ) -> None:
         super().__init__()
         self.model = model
-        self.scale = float(scale)
-        self.register_buffer("mean", _stat(mean, input_shape))
-        self.register_buffer("std", _stat(std, input_shape))
+        self.scale = float(normalizer.scale)
+        mean, std = normalizer.stats(input_shape)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
 
     @classmethod
     def from_meta(cls, model: nn.Module, meta: StudentMeta) -> Preprocessed:
         """Wrap ``model`` with the preprocessing ``meta`` describes."""
-        pre = meta.preprocess
-        return cls(
-            model,
-            scale=pre["scale"],
-            mean=pre["mean"],
-            std=pre["std"],
-            input_shape=meta.input_shape,
-        )
+        return cls(model, meta.normalizer, input_shape=meta.input_shape)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """The model's input for raw ``x``: ``((x * scale) - mean) / std``."""
-        return (x * self.scale - self.mean) / self.std
+        return normalize(x, self.scale, self.mean, self.std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(self.normalize(x))  # (B, num_classes)
-
-
-def _stat(values: Sequence[float], input_shape: Sequence[int]) -> torch.Tensor:
-    t = torch.tensor([float(v) for v in values], dtype=torch.float32)
-    if t.numel() == 1:
-        return t.reshape(())
-    return t.reshape(-1, *([1] * (len(input_shape) - 1)))  # (C, 1, ..., 1)
 
 
 def export_student(
@@ -259,7 +235,7 @@ def export_student(
     written: dict[str, Path] = {}
     for fmt in wanted:
         path = out_dir / _FILES[fmt]
-        with _atomic(path) as tmp:
+        with atomic_write(path) as tmp:
             _WRITERS[fmt](bare, wrapped, meta, tmp)
         written[fmt] = path
 
@@ -267,7 +243,7 @@ def export_student(
     doc["files"] = {fmt: p.name for fmt, p in written.items()}
     doc["how_to_load"] = _HOW_TO_LOAD
     meta_path = out_dir / META_FILE
-    with _atomic(meta_path) as tmp:
+    with atomic_write(meta_path) as tmp:
         tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     written["meta"] = meta_path
     return written
@@ -406,23 +382,3 @@ def _verify(name: str, wrapped: Preprocessed, meta: StudentMeta, program: Any) -
             f"the {name} export does not reproduce the PyTorch model ({diff}); it was not "
             "written. Export without this format, or report the architecture"
         )
-
-
-@contextmanager
-def _atomic(final: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``final``; rename it to ``final`` on success.
-
-    The temporary name keeps ``final``'s suffix because some writers (torch.export.save)
-    check it.
-    """
-    tmp = final.with_name(f".{final.stem}.{secrets.token_hex(4)}.tmp{final.suffix}")
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # the data is on disk before the name is
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)

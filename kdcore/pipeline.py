@@ -8,7 +8,6 @@ in ``out_dir``: ``student.safetensors`` + ``student.json`` and the graph exports
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from torch import nn
 from kdcore.contract import DistillConfig, Spec
 from kdcore.data import Dataset, load_dataset
 from kdcore.export import StudentMeta, export_student
+from kdcore.files import atomic_write
 from kdcore.report import Report, build_report
 from kdcore.train import CancelFn, ProgressFn, resolve_device, train
 from kdcore.weights import freeze, load_model
@@ -82,7 +82,7 @@ def run(
         resume=resume,
     )
     meta = StudentMeta(
-        spec=spec.model_dump(mode="json"),
+        spec=spec,
         input_shape=list(train_data.input_shape),
         num_classes=train_data.num_classes,
         classes=list(train_data.classes),
@@ -107,7 +107,6 @@ def run(
         best=result.best,
         device=str(resolve_device(config.device)),
     )
-    tmp = out_dir / (REPORT_NAME + ".tmp")
-    tmp.write_text(json.dumps(report.model_dump(mode="json"), indent=2) + "\n")
-    os.replace(tmp, out_dir / REPORT_NAME)
+    with atomic_write(out_dir / REPORT_NAME) as tmp:
+        tmp.write_text(json.dumps(report.model_dump(mode="json"), indent=2) + "\n")
     return report

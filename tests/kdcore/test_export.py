@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
+from kdcore.contract import Spec, SpecError, parse_arch
 from kdcore.export import FORMATS, Preprocessed, StudentMeta, export_student, load_student
 from kdcore.models import build_model
-from kdcore.specs import SpecError, parse_arch
 from kdcore.weights import WeightsError
 from tests.kdcore.factories import cnn
 
@@ -22,10 +22,10 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
 CLASSES = ["cat", "dog", "eel"]
 IMAGE = (3, 8, 8)
 VECTOR = (6,)
-MLP = {"family": "mlp", "hidden": [16, 8], "dropout": 0.2}
+MLP = parse_arch({"family": "mlp", "hidden": [16, 8], "dropout": 0.2})
 
 
-def make_student(spec: dict[str, Any], shape: tuple[int, ...], seed: int = 0) -> nn.Module:
+def make_student(spec: Spec, shape: tuple[int, ...], seed: int = 0) -> nn.Module:
     """A small student in train mode whose BatchNorm statistics are not the defaults."""
     torch.manual_seed(seed)
     model = build_model(spec, shape, len(CLASSES))
@@ -57,7 +57,7 @@ def vector_meta() -> StudentMeta:
     )
 
 
-STUDENTS: list[tuple[dict[str, Any], tuple[int, ...], Callable[[], StudentMeta]]] = [
+STUDENTS: list[tuple[Spec, tuple[int, ...], Callable[[], StudentMeta]]] = [
     (cnn(width=4), IMAGE, image_meta),
     (MLP, VECTOR, vector_meta),
 ]
@@ -73,7 +73,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Both students exported in every format once; the exports are the slow part."""
     out: dict[str, Any] = {}
     for spec, shape, meta_fn in STUDENTS:
-        name = spec["family"]
+        name = spec.family
         model = make_student(spec, shape)
         meta = meta_fn()
         folder = tmp_path_factory.mktemp(name)
@@ -185,9 +185,11 @@ def test_student_json_content(exported: dict[str, Any]) -> None:
     assert "load_student" in doc["how_to_load"]
 
 
-def test_meta_accepts_a_full_model_dump() -> None:
-    spec = parse_arch(cnn(width=4)).model_dump(mode="json")  # with None fields
-    assert replace(image_meta(), spec=spec) == image_meta()
+def test_meta_reads_a_full_model_dump() -> None:
+    spec = cnn(width=4).model_dump(mode="json")  # with None fields
+    assert StudentMeta.from_json_dict({**image_meta().to_json_dict(), "spec": spec}) == (
+        image_meta()
+    )
 
 
 def test_preprocessed_normalizes_per_channel() -> None:
@@ -198,6 +200,15 @@ def test_preprocessed_normalizes_per_channel() -> None:
     torch.testing.assert_close(wrapped(x)[0, :, 0, 0], expected)
     assert wrapped.mean.shape == (3, 1, 1)
     assert {n for n, _ in wrapped.named_buffers()} == {"mean", "std"}
+
+
+@pytest.mark.parametrize("meta_fn", [image_meta, vector_meta])
+def test_preprocessed_normalizes_exactly_like_training(meta_fn: Callable[[], StudentMeta]) -> None:
+    # Training and evaluation call the Normalizer on the raw (here uint8) batch.
+    meta = meta_fn()
+    x = raw_batch(tuple(meta.input_shape)).to(torch.uint8)
+    wrapped = Preprocessed.from_meta(nn.Identity(), meta)
+    assert torch.equal(wrapped(x.float()), meta.normalizer(x))
 
 
 def test_only_the_requested_formats(tmp_path: Path) -> None:
@@ -242,7 +253,7 @@ def test_failed_check_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_model_that_does_not_fit_the_spec_is_refused(tmp_path: Path) -> None:
-    other = make_student({"family": "mlp", "hidden": [4]}, VECTOR)
+    other = make_student(parse_arch({"family": "mlp", "hidden": [4]}), VECTOR)
     with pytest.raises(WeightsError, match="fc1.weight: file \\(4,6\\) vs architecture \\(16,6\\)"):
         export_student(other, vector_meta(), tmp_path, formats=["safetensors"])
 
@@ -256,7 +267,7 @@ def test_meta_is_validated() -> None:
     with pytest.raises(ValueError, match="non-zero"):
         replace(meta, preprocess={"std": [0.0]})
     with pytest.raises(SpecError):
-        replace(meta, spec={"family": "transformer"})
+        StudentMeta.from_json_dict({**meta.to_json_dict(), "spec": {"family": "transformer"}})
     assert replace(meta, preprocess={}).preprocess == {"scale": 1.0, "mean": [0.0], "std": [1.0]}
 
 
