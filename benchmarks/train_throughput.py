@@ -14,7 +14,6 @@ Usage: .venv/bin/python benchmarks/train_throughput.py [--samples 6144] [--epoch
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -24,16 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdcore.config import DistillConfig
+from kdcore.contract import DistillConfig, parse_arch
 from kdcore.data import Dataset, Normalizer, batches
 from kdcore.losses import hint_loss
 from kdcore.models import build_model
 from kdcore.regressor import build_regressor
 from kdcore.train import Progress, train
+from kdcore.weights import freeze
 
 ROOT = Path(__file__).resolve().parents[1]
-TEACHER = json.loads((ROOT / "examples/cifar10/teacher.json").read_text())
-STUDENT = json.loads((ROOT / "examples/cifar10/student.json").read_text())
+TEACHER = parse_arch((ROOT / "examples/cifar10/teacher.json").read_text())
+STUDENT = parse_arch((ROOT / "examples/cifar10/student.json").read_text())
 HINT, GUIDED = "c2_relu", "c2b_relu"
 BATCH, LR, T, ALPHA = 128, 0.05, 4.0, 0.1
 HINT_LR = LR / (16 * 16)  # kdcore's default for this 16×16 hint (see docs/design.md)
@@ -137,7 +137,7 @@ def with_kdcore(method: str, ds: Dataset, teacher: nn.Module, epochs: int) -> li
 
     with tempfile.TemporaryDirectory() as out:
         train(
-            student_spec=STUDENT,
+            spec=STUDENT,
             config=DistillConfig(**cfg),
             train_data=ds,
             teacher=teacher,
@@ -159,7 +159,7 @@ def main() -> None:
     args = ap.parse_args()
     ds = data(args.samples)
     torch.manual_seed(1)
-    teacher = build_model(TEACHER, ds.input_shape, ds.num_classes).eval().requires_grad_(False)
+    teacher = freeze(build_model(TEACHER, ds.input_shape, ds.num_classes))
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.samples} samples "
         f"of 3×32×32, batch {BATCH}, {args.epochs} epochs (first is warm-up), "

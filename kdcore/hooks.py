@@ -42,6 +42,12 @@ class FeatureTap:
     """
 
     def __init__(self, model: nn.Module, path: str, *, stop: bool = False) -> None:
+        if isinstance(model, torch.jit.ScriptModule):
+            raise LayerNotFound(
+                f"cannot reach layer {path!r} of a TorchScript model (it refuses forward "
+                "hooks): use method kd with it, or send safetensors weights plus an "
+                "architecture spec for FitNets"
+            )
         self.model = model
         self.path = path
         self.stop = stop

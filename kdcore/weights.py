@@ -35,6 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from kdcore.contract import Spec
 from kdcore.models import build_model
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "WeightsError",
     "detect_format",
     "freeze",
+    "is_frozen",
     "load_model",
     "load_state_dict",
     "load_weights_into",
@@ -294,7 +296,7 @@ def _listing(title: str, items: list[str]) -> str:
 
 def load_model(
     path: Path,
-    spec: Any | None,
+    spec: Spec | None,
     input_shape: tuple[int, ...],
     num_classes: int,
     *,
@@ -321,7 +323,7 @@ def load_model(
 
     Args:
         path: the weights file.
-        spec: the architecture spec (parsed, dict or JSON) for weights-only files.
+        spec: the parsed architecture spec, for weights-only files.
         input_shape: one sample's shape, e.g. ``(3, 32, 32)``.
         num_classes: number of logits the model must return.
         allow_code: accept TorchScript and torch.export files, which can run code on load.
@@ -333,7 +335,7 @@ def load_model(
         CodeCheckpointRefused: a code checkpoint while ``allow_code`` is false.
         WeightsError: unreadable file, no spec for weights-only files, or weights / program
             that do not fit the architecture, input shape or class count.
-        kdcore.specs.SpecError: an invalid spec.
+        kdcore.contract.SpecError: an invalid spec.
     """
     path = Path(path)
     fmt = detect_format(path)
@@ -441,6 +443,12 @@ def _set_train(model: nn.Module) -> None:
 def freeze(model: nn.Module) -> nn.Module:
     """Put ``model`` in eval mode with no parameter requiring grad, as a teacher must be.
 
+    The one way kdcore freezes a teacher: :func:`kdcore.train.train` checks it with
+    :func:`is_frozen` and freezes nothing itself. Works on every model :func:`load_model`
+    returns, including ScriptModules, which refuse ``requires_grad_()`` (each parameter is
+    frozen instead), and ``ExportedProgram.module()`` graphs, which refuse ``eval()`` (each
+    module's flag is set instead).
+
     Args:
         model: any model from :func:`load_model`.
 
@@ -448,6 +456,14 @@ def freeze(model: nn.Module) -> nn.Module:
         The same model, for chaining.
     """
     _set_eval(model)
-    for p in model.parameters():  # not model.requires_grad_(): ScriptModules refuse it
+    for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def is_frozen(model: nn.Module) -> bool:
+    """Whether ``model`` is as :func:`freeze` leaves it: every module in eval mode, and no
+    parameter requiring grad."""
+    return not any(m.training for m in model.modules()) and not any(
+        p.requires_grad for p in model.parameters()
+    )

@@ -10,13 +10,13 @@ Finished jobs are reused, so an interrupted run picks up where it stopped.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
 
 from benchmarks.experiments.runner import run_job, table
+from kdcore.contract import parse_arch
 from kdcore.data import Dataset, load_dataset
 from kdcore.pipeline import TeacherFile
 
@@ -72,8 +72,8 @@ def main() -> None:
 
     train = load(DATA / "cifar10-train.tar.gz", args.out / "cache" / "train.pt")
     test = load(DATA / "cifar10-test.zip", args.out / "cache" / "test.pt")
-    teacher_spec = json.loads((EXAMPLES / "teacher.json").read_text())
-    student_spec = json.loads(args.student.read_text())
+    teacher_spec = parse_arch((EXAMPLES / "teacher.json").read_text())
+    student_spec = parse_arch(args.student.read_text())
     common = {
         "batch_size": 128,
         "optimizer": "sgd",

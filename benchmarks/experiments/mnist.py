@@ -19,13 +19,14 @@ import numpy as np
 import torch
 
 from benchmarks.experiments.runner import run_job, table
+from kdcore.contract import parse_arch
 from kdcore.data import Dataset
 from kdcore.pipeline import TeacherFile
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "data" / "mnist"
-TEACHER = {"family": "mlp", "hidden": [1200, 1200], "dropout": 0.2}
-STUDENT = {"family": "mlp", "hidden": [800, 800]}
+TEACHER = parse_arch({"family": "mlp", "hidden": [1200, 1200], "dropout": 0.2})
+STUDENT = parse_arch({"family": "mlp", "hidden": [800, 800]})
 
 
 def read_idx(path: Path) -> np.ndarray:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kdcore.config import DistillConfig
+from kdcore.contract import DistillConfig, Spec
 from kdcore.data import Dataset
 from kdcore.pipeline import TeacherFile, run
 
@@ -18,7 +18,7 @@ def run_job(
     name: str,
     out_root: Path,
     *,
-    spec: dict[str, Any],
+    spec: Spec,
     config: dict[str, Any],
     train: Dataset,
     test: Dataset,
@@ -44,7 +44,7 @@ def run_job(
         last[0] = p.fraction
 
     report = run(
-        student_spec=spec,
+        spec=spec,
         config=DistillConfig(**config),
         data=train,
         val=test,

@@ -14,10 +14,10 @@ from kdcore.contract.config import (
     parse_config,
     plan_stages,
 )
-from kdcore.contract.errors import SpecError, parse_json_model, explain_errors, summarize
+from kdcore.contract.errors import SpecError, explain_errors, parse_json_model, summarize
 
-# The built-in families register themselves on import (after the registry exists).
-from kdcore.contract.families import CnnSpec, MlpSpec, ResNetSpec, WrnSpec  # noqa: I001
+# Importing the built-in families registers them.
+from kdcore.contract.families import CnnSpec, MlpSpec, ResNetSpec, WrnSpec
 from kdcore.contract.registry import (
     ArchSpec,
     Family,

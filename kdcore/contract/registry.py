@@ -222,5 +222,10 @@ def layer_paths(spec: Spec, input_shape: Shape, num_classes: int) -> list[str]:
 
 def describe_missing_layer(path: str, valid: list[str]) -> str:
     """A message naming the nearest valid paths to ``path``."""
+    if not valid:
+        return (
+            f"no layer {path!r}: this model lists no layers (a TorchScript or torch.export "
+            "model hides them); use method kd, or a weights file plus an architecture spec"
+        )
     near = difflib.get_close_matches(path, valid, n=5, cutoff=0.4) or valid[:5]
     return f"no layer {path!r}; nearest valid paths: {', '.join(near)} ({len(valid)} in all)"

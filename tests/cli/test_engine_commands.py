@@ -89,6 +89,50 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
     assert "epochz" in result.output
 
 
+def test_distill_kd_from_a_torchscript_teacher(tmp_path: Path) -> None:
+    """docs/design.md: with --allow-code, a TorchScript teacher serves plain KD."""
+    import numpy as np
+    import torch
+
+    from kdcore.models import build_model
+    from tests.kdcore.factories import cnn, image_data
+
+    data = image_data(n=96)
+    np.savez(tmp_path / "d.npz", x=data.x.numpy(), y=data.y.numpy())
+    torch.manual_seed(0)
+    teacher = torch.jit.script(build_model(cnn(32), data.input_shape, data.num_classes).eval())
+    torch.jit.save(teacher, str(tmp_path / "teacher.pt"))
+    cfg = tmp_path / "kd.json"
+    cfg.write_text(json.dumps({"method": "kd", "epochs": 2, "batch_size": 32, "device": "cpu"}))
+
+    result = runner.invoke(
+        app,
+        [
+            "distill",
+            "--allow-code",
+            "--teacher",
+            str(tmp_path / "teacher.pt"),
+            "--student",
+            str(DIGITS / "student.json"),
+            "--data",
+            str(tmp_path / "d.npz"),
+            "--config",
+            str(cfg),
+            "--out",
+            str(tmp_path / "out"),
+            "--formats",
+            "safetensors",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "compression" in result.stdout
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["method"] == "kd"
+    assert set(report["stage_seconds"]) == {"kd"}
+    assert report["teacher"]["params"] > report["student"]["params"]
+    assert report["teacher"]["macs"] > 0
+
+
 def _kdserve(*args: str) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).with_name("kdserve")
     return subprocess.run(
@@ -177,6 +221,7 @@ def test_train_distill_evaluate_as_a_user_would(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "s" / "report.json").read_text())
     assert json.loads(done.stdout)["accuracy"] == pytest.approx(report["student"]["accuracy"])
     assert report["teacher"]["params"] > report["student"]["params"]
+    assert report["teacher"]["macs"] > 0
 
     # A pickled whole model as teacher is refused with advice, and runs nothing.
     bad = tmp_path / "pickled.pt"

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from kdcore.contract import parse_arch
 from kdcore.hooks import FeatureTap, LayerNotFound, get_layer
 from kdcore.inspection import inspect_model
-from kdcore.contract import parse_arch
 from kdcore.models import build_model
 
 CNN = {

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdcore.config import DistillConfig
+from kdcore.contract import DistillConfig
 from kdcore.data import Normalizer
 from kdcore.evaluate import predict, score
 from kdcore.export import load_student
@@ -16,7 +16,7 @@ from tests.kdcore.factories import cnn, config, image_data
 def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("teacher")
     run(
-        student_spec=cnn(16),
+        spec=cnn(16),
         config=DistillConfig(**config(epochs=3)),
         data=image_data(),
         out_dir=out,
@@ -37,7 +37,7 @@ def test_fitnet_job_exports_student_and_a_side_by_side_report(
         )
     )
     report = run(
-        student_spec=cnn(4),
+        spec=cnn(4),
         config=cfg,
         data=data,
         val=val,
@@ -76,7 +76,7 @@ def test_fitnet_job_exports_student_and_a_side_by_side_report(
 
 def test_scratch_job_has_no_teacher_columns(tmp_path: Path) -> None:
     report = run(
-        student_spec=cnn(4),
+        spec=cnn(4),
         config=DistillConfig(**config(epochs=1)),
         data=image_data(),
         out_dir=tmp_path,
@@ -90,7 +90,7 @@ def test_scratch_job_has_no_teacher_columns(tmp_path: Path) -> None:
 def test_kd_without_teacher_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs a teacher"):
         run(
-            student_spec=cnn(4),
+            spec=cnn(4),
             config=DistillConfig(**config(method="kd")),
             data=image_data(),
             out_dir=tmp_path,
@@ -100,7 +100,7 @@ def test_kd_without_teacher_is_refused(tmp_path: Path) -> None:
 def test_validation_data_of_another_shape_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="must match"):
         run(
-            student_spec=cnn(4),
+            spec=cnn(4),
             config=DistillConfig(**config()),
             data=image_data(),
             val=image_data(shape=(3, 4, 4)),
@@ -110,14 +110,14 @@ def test_validation_data_of_another_shape_is_refused(tmp_path: Path) -> None:
 
 def test_student_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     a = run(
-        student_spec=cnn(4),
+        spec=cnn(4),
         config=DistillConfig(**config(epochs=1)),
         data=image_data(),
         out_dir=tmp_path / "a",
         formats=("safetensors",),
     )
     b = run(
-        student_spec=cnn(4),
+        spec=cnn(4),
         config=DistillConfig(**config(epochs=1)),
         data=image_data(),
         out_dir=tmp_path / "b",

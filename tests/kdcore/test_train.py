@@ -1,16 +1,18 @@
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from kdcore.config import DistillConfig
+from kdcore.contract import DistillConfig, parse_arch
 from kdcore.models import build_model
 from kdcore.train import CHECKPOINT_NAME, METRICS_NAME, Canceled, Diverged, Progress, train
-from kdcore.weights import freeze
+from kdcore.weights import freeze, load_model
 from tests.kdcore.factories import cnn, config, image_data
 
 HINT = {"teacher_layer": "relu2", "student_layer": "relu1", "epochs": 2, "lr": 0.01}
@@ -20,7 +22,7 @@ HINT = {"teacher_layer": "relu2", "student_layer": "relu1", "epochs": 2, "lr": 0
 def teacher(tmp_path_factory: pytest.TempPathFactory) -> nn.Module:
     out = tmp_path_factory.mktemp("teacher")
     result = train(
-        student_spec=cnn(16),
+        spec=cnn(16),
         config=DistillConfig(**config(epochs=3)),
         train_data=image_data(),
         out_dir=out,
@@ -30,7 +32,7 @@ def teacher(tmp_path_factory: pytest.TempPathFactory) -> nn.Module:
 
 def test_scratch_learns_and_writes_metrics_and_checkpoint(tmp_path: Path) -> None:
     result = train(
-        student_spec=cnn(),
+        spec=cnn(),
         config=DistillConfig(**config(epochs=4)),
         train_data=image_data(),
         out_dir=tmp_path,
@@ -70,9 +72,9 @@ def test_every_parameter_gets_a_gradient_in_kd(
         _record_grads(model, counts)
         return model
 
-    monkeypatch.setattr("kdcore.train.build_model", build_and_record)
+    monkeypatch.setattr("kdcore.train.loop.build_model", build_and_record)
     train(
-        student_spec=cnn(),
+        spec=cnn(),
         config=DistillConfig(**config(method="kd", epochs=1)),
         train_data=image_data(),
         teacher=teacher,
@@ -95,7 +97,7 @@ def test_hint_stage_trains_only_up_to_the_guided_layer(
         _record_grads(model, counts)
         return model
 
-    monkeypatch.setattr("kdcore.train.build_model", build_and_keep)
+    monkeypatch.setattr("kdcore.train.loop.build_model", build_and_keep)
     cfg = DistillConfig(**config(method="fitnet", epochs=1, hint=HINT))
     snapshots: dict[str, dict[str, torch.Tensor]] = {}
 
@@ -105,7 +107,7 @@ def test_hint_stage_trains_only_up_to_the_guided_layer(
             snapshots["grads"] = dict(counts)  # type: ignore[arg-type]
 
     train(
-        student_spec=cnn(),
+        spec=cnn(),
         config=cfg,
         train_data=image_data(),
         teacher=teacher,
@@ -138,9 +140,7 @@ def test_resume_from_any_epoch_equals_uninterrupted(
     )
     spec = cnn(dropout=0.3)
     data = image_data()
-    full = train(
-        student_spec=spec, config=cfg, train_data=data, teacher=teacher, out_dir=tmp_path / "full"
-    )
+    full = train(spec=spec, config=cfg, train_data=data, teacher=teacher, out_dir=tmp_path / "full")
 
     epochs_seen = 0
 
@@ -154,7 +154,7 @@ def test_resume_from_any_epoch_equals_uninterrupted(
 
     with pytest.raises(Canceled):
         train(
-            student_spec=spec,
+            spec=spec,
             config=cfg,
             train_data=data,
             teacher=teacher,
@@ -163,7 +163,7 @@ def test_resume_from_any_epoch_equals_uninterrupted(
             should_cancel=cancel_after,
         )
     resumed = train(
-        student_spec=spec, config=cfg, train_data=data, teacher=teacher, out_dir=tmp_path / "cut"
+        spec=spec, config=cfg, train_data=data, teacher=teacher, out_dir=tmp_path / "cut"
     )
     for (name, a), b in zip(
         full.student.state_dict().items(), resumed.student.state_dict().values(), strict=True
@@ -177,9 +177,9 @@ def test_resume_from_any_epoch_equals_uninterrupted(
 def test_diverging_training_stops_with_the_place(tmp_path: Path) -> None:
     data = image_data()
     cfg = DistillConfig(**config(method="scratch", lr=10.0, momentum=0.9, epochs=3))
-    spec = {"family": "mlp", "hidden": [256, 256, 256]}
+    spec = parse_arch({"family": "mlp", "hidden": [256, 256, 256]})
     with pytest.raises(Diverged) as info:
-        train(student_spec=spec, config=cfg, train_data=data, out_dir=tmp_path, val_data=None)
+        train(spec=spec, config=cfg, train_data=data, out_dir=tmp_path, val_data=None)
     assert info.value.stage == "scratch"
     assert info.value.epoch >= 1
     assert info.value.step >= 1
@@ -188,7 +188,7 @@ def test_diverging_training_stops_with_the_place(tmp_path: Path) -> None:
 def test_progress_reaches_one_and_is_monotonic(tmp_path: Path, teacher: nn.Module) -> None:
     seen: list[float] = []
     train(
-        student_spec=cnn(),
+        spec=cnn(),
         config=DistillConfig(**config(method="kd", epochs=2)),
         train_data=image_data(),
         teacher=teacher,
@@ -201,10 +201,10 @@ def test_progress_reaches_one_and_is_monotonic(tmp_path: Path, teacher: nn.Modul
 
 
 def test_teacher_with_other_classes_is_refused(tmp_path: Path) -> None:
-    other = build_model(cnn(), (3, 8, 8), 7)
+    other = freeze(build_model(cnn(), (3, 8, 8), 7))
     with pytest.raises(ValueError, match="7,.*4 classes"):
         train(
-            student_spec=cnn(),
+            spec=cnn(),
             config=DistillConfig(**config(method="kd")),
             train_data=image_data(),
             teacher=other,
@@ -212,10 +212,60 @@ def test_teacher_with_other_classes_is_refused(tmp_path: Path) -> None:
         )
 
 
+def test_unfrozen_teacher_is_refused(tmp_path: Path) -> None:
+    teacher = build_model(cnn(), (3, 8, 8), 4)  # train mode, requires grad
+    with pytest.raises(ValueError, match=r"frozen.*kdcore\.weights\.freeze"):
+        train(
+            spec=cnn(),
+            config=DistillConfig(**config(method="kd")),
+            train_data=image_data(),
+            teacher=teacher,
+            out_dir=tmp_path,
+        )
+    assert teacher.training  # train() checks the teacher; it never changes it
+
+
+@pytest.mark.parametrize(
+    ("compile_with", "augment"),
+    [("script", "none"), ("trace", "flip")],
+    ids=["script-cached-logits", "trace-teacher-every-step"],
+)
+def test_kd_with_a_torchscript_teacher(
+    tmp_path: Path, teacher: nn.Module, compile_with: str, augment: str
+) -> None:
+    """docs/design.md: TorchScript teachers serve plain KD (not FitNets hints)."""
+    path = tmp_path / "teacher.torchscript.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit itself is deprecated
+        program = (
+            torch.jit.script(teacher)
+            if compile_with == "script"
+            else torch.jit.trace(teacher, torch.zeros(2, 3, 8, 8))
+        )
+        torch.jit.save(program, str(path))
+        scripted = freeze(load_model(path, None, (3, 8, 8), 4, allow_code=True))
+    assert isinstance(scripted, torch.jit.ScriptModule)
+    before = {k: v.clone() for k, v in scripted.state_dict().items()}
+
+    result = train(
+        spec=cnn(),
+        config=DistillConfig(**config(method="kd", epochs=2, augment=augment)),
+        train_data=image_data(),
+        teacher=scripted,
+        out_dir=tmp_path / "out",
+    )
+    assert [(r["stage"], r["epoch"]) for r in result.history] == [("kd", 1), ("kd", 2)]
+    assert all(math.isfinite(r["train_kd"]) for r in result.history)
+    assert result.history[-1]["val_accuracy"] > 0.5  # 4 classes: chance is 0.25
+    for name, value in scripted.state_dict().items():
+        assert torch.equal(value, before[name]), f"the teacher's {name} changed"
+    assert not scripted.training
+
+
 def test_batch_larger_than_data_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="batch_size"):
         train(
-            student_spec=cnn(),
+            spec=cnn(),
             config=DistillConfig(**config(batch_size=1000)),
             train_data=image_data(),
             out_dir=tmp_path,
@@ -238,7 +288,7 @@ def test_optimizers_schedules_precision_and_augmentation_train(
     tmp_path: Path, overrides: dict[str, object]
 ) -> None:
     result = train(
-        student_spec=cnn(),
+        spec=cnn(),
         config=DistillConfig(**config(epochs=3, **overrides)),
         train_data=image_data(),
         out_dir=tmp_path,
@@ -250,7 +300,7 @@ def test_optimizers_schedules_precision_and_augmentation_train(
 
 def test_multistep_schedule_drops_the_learning_rate_at_its_milestones(tmp_path: Path) -> None:
     cfg = DistillConfig(**config(epochs=4, schedule="multistep", milestones=[0.5], gamma=0.1))
-    rows = train(student_spec=cnn(), config=cfg, train_data=image_data(), out_dir=tmp_path).history
+    rows = train(spec=cnn(), config=cfg, train_data=image_data(), out_dir=tmp_path).history
     assert rows[0]["lr"] == pytest.approx(0.05)
     assert rows[-1]["lr"] == pytest.approx(0.005)
 
@@ -260,7 +310,7 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path: Path) -> None:
         pytest.skip("this machine has a GPU")
     with pytest.raises(RuntimeError, match="no CUDA GPU"):
         train(
-            student_spec=cnn(),
+            spec=cnn(),
             config=DistillConfig(**config(device="cuda")),
             train_data=image_data(),
             out_dir=tmp_path,

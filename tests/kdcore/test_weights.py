@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from kdcore.contract import Spec, parse_arch
 from kdcore.hooks import FeatureTap, LayerNotFound
 from kdcore.models import build_model
 from kdcore.weights import (
@@ -16,6 +17,7 @@ from kdcore.weights import (
     WeightsError,
     detect_format,
     freeze,
+    is_frozen,
     load_model,
     load_state_dict,
     load_weights_into,
@@ -27,7 +29,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*:FutureWarning")
 
 SHAPE = (3, 8, 8)
 CLASSES = 5
-MLP = {"family": "mlp", "hidden": [16, 8]}
+MLP = parse_arch({"family": "mlp", "hidden": [16, 8]})
 
 
 def make_cnn(width: int = 4, seed: int = 0) -> nn.Module:
@@ -163,7 +165,7 @@ def test_missing_and_unexpected_keys_are_listed() -> None:
 
 
 def test_long_lists_are_cut_short() -> None:
-    model = build_model({"family": "mlp", "hidden": [4] * 12}, (6,), CLASSES)
+    model = build_model(parse_arch({"family": "mlp", "hidden": [4] * 12}), (6,), CLASSES)
     with pytest.raises(WeightsError, match=r"26 missing from the file: .*, and 16 more"):
         load_weights_into(model, {})
 
@@ -263,11 +265,11 @@ def test_code_checkpoint_with_wrong_class_count_is_reported(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(
     ("spec", "hint"),
-    [(cnn(width=4), "relu2"), ({"family": "resnet", "depth": 8}, "layer2.0.relu2")],
+    [(cnn(width=4), "relu2"), (parse_arch({"family": "resnet", "depth": 8}), "layer2.0.relu2")],
     ids=["cnn", "resnet"],
 )
 def test_feature_tap_reaches_hint_layer_of_unflattened_pt2(
-    tmp_path: Path, spec: dict[str, Any], hint: str
+    tmp_path: Path, spec: Spec, hint: str
 ) -> None:
     original = build_model(spec, SHAPE, CLASSES).eval()
     export_pt2(original, tmp_path / "t.pt2")
@@ -294,7 +296,7 @@ def test_flat_pt2_fallback_warns_and_hint_layers_fail_clearly(
     monkeypatch.setattr(torch.export, "unflatten", broken)
     with pytest.warns(UserWarning, match="cannot be hooked"):
         teacher = freeze(load_model(tmp_path / "t.pt2", None, SHAPE, CLASSES, allow_code=True))
-    assert not teacher.training
+    assert is_frozen(teacher)  # the flat graph refuses eval(): freeze sets the flags
     with pytest.raises(LayerNotFound):
         FeatureTap(teacher, "relu2")
 
@@ -304,12 +306,28 @@ def test_feature_tap_on_torchscript_fails_clearly(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         teacher = load_model(tmp_path / "t.pt", None, SHAPE, CLASSES, allow_code=True)
-    with pytest.raises(RuntimeError, match="not supported on ScriptModules"):
+    with pytest.raises(LayerNotFound, match="use method kd"):
         FeatureTap(teacher, "relu2")
 
 
 def test_freeze_sets_eval_and_stops_gradients() -> None:
     model = build_model(cnn(width=4), SHAPE, CLASSES).train()
+    assert not is_frozen(model)
     assert freeze(model) is model
     assert not any(m.training for m in model.modules())
     assert not any(p.requires_grad for p in model.parameters())
+    assert is_frozen(model)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "export"])
+def test_freeze_works_on_code_checkpoints(tmp_path: Path, fmt: str) -> None:
+    """ScriptModules refuse requires_grad_(); freeze must not call it (KD would crash)."""
+    path = tmp_path / "teacher.bin"
+    (save_torchscript if fmt == "torchscript" else export_pt2)(make_cnn(), path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = load_model(path, None, SHAPE, CLASSES, allow_code=True)
+    model.train()
+    assert not is_frozen(model)
+    assert freeze(model) is model
+    assert is_frozen(model)

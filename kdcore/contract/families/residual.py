@@ -12,6 +12,7 @@ their module order (``named_modules()``), checked by tests against the built mod
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -69,56 +70,65 @@ def _down(size: int, stride: int) -> int:
     return (size - 1) // stride + 1
 
 
+BlockShapes = Callable[[str, Shape, Shape], dict[str, Shape]]
+
+
+def _stages(
+    stem: Shape, widths: tuple[int, ...], blocks: int, name: str, block: BlockShapes
+) -> tuple[dict[str, Shape], Shape]:
+    """Three stages of ``blocks`` blocks (the first of stages 2 and 3 at stride 2).
+
+    ``block(path, entry, out)`` gives a block's own entries (``path`` itself first) from its
+    input and output shapes. Returns the shapes and the last stage's output.
+    """
+    c, h, w = stem
+    shapes: dict[str, Shape] = {}
+    for s, width in enumerate(widths, start=1):
+        stage: dict[str, Shape] = {}
+        for j in range(blocks):
+            stride = 2 if s > 1 and j == 0 else 1
+            entry, (h, w) = (c, h, w), (_down(h, stride), _down(w, stride))
+            stage |= block(f"{name}{s}.{j}", entry, (width, h, w))
+            c = width
+        shapes[f"{name}{s}"] = (c, h, w)
+        shapes |= stage
+    return shapes, (c, h, w)
+
+
+def _basic_block(p: str, entry: Shape, out: Shape) -> dict[str, Shape]:
+    shapes = {p: out} | {f"{p}.{m}": out for m in ("conv1", "bn1", "relu1", "conv2", "bn2")}
+    if entry != out:  # projection shortcut: 1×1 conv + batchnorm
+        shapes |= {f"{p}.shortcut": out, f"{p}.shortcut.0": out, f"{p}.shortcut.1": out}
+    else:
+        shapes[f"{p}.shortcut"] = entry
+    return shapes | {f"{p}.relu2": out}
+
+
+def _wide_block(p: str, entry: Shape, out: Shape) -> dict[str, Shape]:
+    shapes = {p: out, f"{p}.bn1": entry, f"{p}.relu1": entry}
+    shapes |= {f"{p}.{m}": out for m in ("conv1", "bn2", "relu2", "dropout", "conv2")}
+    return shapes | {f"{p}.shortcut": out}  # a 1×1 projection, or the identity (entry == out)
+
+
 def resnet_shapes(spec: ResNetSpec, input_shape: Shape, num_classes: int) -> dict[str, Shape]:
     """conv1, bn1, relu → layer1..3 of basic blocks → pool, flatten, fc."""
     _, h, w = _image("resnet", input_shape)
-    c = 16 * spec.width
-    shapes: dict[str, Shape] = {"conv1": (c, h, w), "bn1": (c, h, w), "relu": (c, h, w)}
-    for s, width in enumerate((16 * spec.width, 32 * spec.width, 64 * spec.width), start=1):
-        blocks: dict[str, Shape] = {}
-        for j in range(spec.blocks_per_stage):
-            stride = 2 if s > 1 and j == 0 else 1
-            entry, (h, w) = (c, h, w), (_down(h, stride), _down(w, stride))
-            out = (width, h, w)
-            p = f"layer{s}.{j}"
-            blocks[p] = out
-            blocks |= {f"{p}.{m}": out for m in ("conv1", "bn1", "relu1", "conv2", "bn2")}
-            if stride != 1 or c != width:  # projection shortcut: 1×1 conv + batchnorm
-                blocks |= {f"{p}.shortcut": out, f"{p}.shortcut.0": out, f"{p}.shortcut.1": out}
-            else:
-                blocks[f"{p}.shortcut"] = entry
-            blocks[f"{p}.relu2"] = out
-            c = width
-        shapes[f"layer{s}"] = (c, h, w)
-        shapes |= blocks
-    return shapes | {"pool": (c, 1, 1), "flatten": (c,), "fc": (num_classes,)}
+    stem = (16 * spec.width, h, w)
+    widths = (16 * spec.width, 32 * spec.width, 64 * spec.width)
+    stages, (c, _, _) = _stages(stem, widths, spec.blocks_per_stage, "layer", _basic_block)
+    head = {"pool": (c, 1, 1), "flatten": (c,), "fc": (num_classes,)}
+    return {"conv1": stem, "bn1": stem, "relu": stem} | stages | head
 
 
 def wrn_shapes(spec: WrnSpec, input_shape: Shape, num_classes: int) -> dict[str, Shape]:
     """conv1 → block1..3 of pre-activation wide blocks → bn, relu, pool, flatten, fc."""
     _, h, w = _image("wrn", input_shape)
-    c = 16
-    shapes: dict[str, Shape] = {"conv1": (c, h, w)}
-    for s, width in enumerate((16 * spec.width, 32 * spec.width, 64 * spec.width), start=1):
-        blocks: dict[str, Shape] = {}
-        for j in range(spec.blocks_per_stage):
-            stride = 2 if s > 1 and j == 0 else 1
-            entry, (h, w) = (c, h, w), (_down(h, stride), _down(w, stride))
-            out = (width, h, w)
-            p = f"block{s}.{j}"
-            blocks |= {p: out, f"{p}.bn1": entry, f"{p}.relu1": entry}
-            blocks |= {f"{p}.{m}": out for m in ("conv1", "bn2", "relu2", "dropout", "conv2")}
-            blocks[f"{p}.shortcut"] = out if stride != 1 or c != width else entry
-            c = width
-        shapes[f"block{s}"] = (c, h, w)
-        shapes |= blocks
-    return shapes | {
-        "bn": (c, h, w),
-        "relu": (c, h, w),
-        "pool": (c, 1, 1),
-        "flatten": (c,),
-        "fc": (num_classes,),
-    }
+    stem = (16, h, w)
+    widths = (16 * spec.width, 32 * spec.width, 64 * spec.width)
+    stages, last = _stages(stem, widths, spec.blocks_per_stage, "block", _wide_block)
+    c = last[0]
+    head = {"bn": last, "relu": last, "pool": (c, 1, 1), "flatten": (c,), "fc": (num_classes,)}
+    return {"conv1": stem} | stages | head
 
 
 RESNET = register_family(

@@ -1,0 +1,338 @@
+""":func:`train`, and the driver that runs a plan's stages.
+
+The driver holds the data as tensors on the training device and batches by indexing, so
+a step does no per-sample Python work. It reports through callbacks and never touches a
+database: the caller decides where progress goes and when to cancel.
+
+Determinism: model init uses ``seed``; each epoch's shuffling and augmentation use a
+generator seeded from ``(seed, stage, epoch)``; the global RNG (dropout) is saved in every
+checkpoint and restored after the resumed stage's setup. A run resumed from any epoch's
+checkpoint therefore ends with the same weights as an uninterrupted run on CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from kdcore.contract import DistillConfig, Spec, StageName, StagePlan, plan_stages
+from kdcore.data import Dataset, Normalizer, augment, batches
+from kdcore.evaluate import predict, score
+from kdcore.models import build_model
+from kdcore.train.checkpoint import (
+    Checkpoint,
+    RunState,
+    append_metrics,
+    restore,
+    save_checkpoint,
+    start_or_resume,
+)
+from kdcore.train.stages import Batch, Context, Stage, start_stage
+from kdcore.weights import is_frozen
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the loop reports: every ``progress_every`` steps (``kind="step"``) and after
+    each epoch's validation (``kind="epoch"``, with ``val_*`` metrics)."""
+
+    kind: Literal["step", "epoch"]
+    stage: StageName
+    stage_index: int
+    stages: int
+    epoch: int  # 1-based, within the stage
+    epochs: int
+    step: int  # 1-based, within the epoch
+    steps: int
+    fraction: float  # of the whole run, 0..1
+    metrics: dict[str, float]
+    samples_per_s: float
+
+
+class Canceled(Exception):
+    """The cancel callback asked to stop; the last epoch's checkpoint is kept."""
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+    def __init__(self, stage: str, epoch: int, step: int, value: float) -> None:
+        super().__init__(
+            f"training diverged in stage {stage!r}, epoch {epoch}, step {step} (loss {value}); "
+            "lower the learning rate (or the hint stage's lr), or use fp32"
+        )
+        self.stage, self.epoch, self.step = stage, epoch, step
+
+
+@dataclass
+class TrainResult:
+    student: nn.Module
+    normalizer: Normalizer
+    val_data: Dataset | None
+    history: list[dict[str, Any]]
+    stage_seconds: dict[str, float]
+    best: dict[str, Any]
+
+
+ProgressFn = Callable[[Progress], None]
+CancelFn = Callable[[], bool]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError('config asks for device "cuda" but no CUDA GPU is available')
+    return torch.device(name)
+
+
+def train(
+    *,
+    spec: Spec,
+    config: DistillConfig,
+    train_data: Dataset,
+    val_data: Dataset | None = None,
+    teacher: nn.Module | None = None,
+    out_dir: Path,
+    on_progress: ProgressFn | None = None,
+    should_cancel: CancelFn | None = None,
+    resume: bool = True,
+    progress_every: int = 20,
+) -> TrainResult:
+    """Train a student by ``config.method`` and return it with its history.
+
+    Args:
+        spec: the student's architecture spec.
+        config: the training configuration.
+        train_data: training samples; ``val_split`` of it is held out when ``val_data`` is None.
+        val_data: validation samples, scored after every epoch.
+        teacher: the teacher, frozen by :func:`kdcore.weights.freeze` (required for ``kd``
+            and ``fitnet``).
+        out_dir: where ``checkpoint.pt`` and ``metrics.jsonl`` are written.
+        on_progress: called with :class:`Progress` as training goes.
+        should_cancel: polled between steps; returning True raises :class:`Canceled`.
+        resume: continue from ``out_dir/checkpoint.pt`` when it exists.
+        progress_every: steps between step reports.
+
+    Raises:
+        Canceled, Diverged, ValueError (bad layers or shapes, a teacher missing or not
+        frozen).
+    """
+    if config.uses_teacher and teacher is None:
+        raise ValueError(f"method {config.method!r} needs a teacher")
+    if teacher is not None and not is_frozen(teacher):
+        raise ValueError(
+            "the teacher must be frozen (eval mode, no parameter requiring grad): "
+            "pass it through kdcore.weights.freeze"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+
+    if val_data is None and config.val_split > 0:
+        train_data, val_data = train_data.split(config.val_split, seed=config.seed)
+    if val_data is not None and len(val_data) == 0:
+        val_data = None
+    if config.batch_size > len(train_data):
+        raise ValueError(
+            f"batch_size {config.batch_size} is larger than the {len(train_data)} training "
+            "samples; lower batch_size"
+        )
+    normalizer = Normalizer.fit(train_data)
+
+    torch.manual_seed(config.seed)
+    student = build_model(spec, train_data.input_shape, train_data.num_classes).to(device)
+    if teacher is not None:
+        teacher = teacher.to(device)
+        _check_teacher(teacher, train_data, normalizer, device)
+
+    state, saved = start_or_resume(out_dir, student, device, resume=resume)
+    driver = _Driver(
+        ctx=Context(
+            config=config,
+            device=device,
+            x=train_data.x.to(device),
+            y=train_data.y.to(device),
+            normalizer=normalizer,
+            student=student,
+            teacher=teacher,
+        ),
+        plan=plan_stages(config),
+        state=state,
+        spec=spec,
+        data=train_data,
+        val_data=val_data,
+        out_dir=out_dir,
+        on_progress=on_progress,
+        should_cancel=should_cancel,
+        progress_every=progress_every,
+    )
+    driver.run(saved)
+
+    student.eval()
+    return TrainResult(
+        student=student,
+        normalizer=normalizer,
+        val_data=val_data,
+        history=state.history,
+        stage_seconds=state.stage_seconds,
+        best=state.best,
+    )
+
+
+def _check_teacher(
+    teacher: nn.Module, data: Dataset, normalizer: Normalizer, device: torch.device
+) -> None:
+    with torch.no_grad():
+        out = teacher(normalizer(data.x[:2].to(device)))
+    if not isinstance(out, torch.Tensor) or out.shape != (2, data.num_classes):
+        got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"the teacher outputs {got} per sample, but the data has {data.num_classes} classes; "
+            "use a teacher trained on these classes"
+        )
+
+
+@dataclass
+class _Driver:
+    """Runs the planned stages, and for every stage the same epoch loop: train, validate,
+    record metrics, checkpoint, report."""
+
+    ctx: Context
+    plan: list[StagePlan]
+    state: RunState
+    spec: Spec
+    data: Dataset  # the training samples (their shape and classes go into checkpoints)
+    val_data: Dataset | None
+    out_dir: Path
+    on_progress: ProgressFn | None
+    should_cancel: CancelFn | None
+    progress_every: int
+    _clock: float = field(default=0.0, init=False)  # when stage time was last counted
+
+    def run(self, saved: Checkpoint | None) -> None:
+        """Run the stages the state has not finished; ``saved``: the checkpoint resumed."""
+        state = self.state
+        for index, plan in enumerate(self.plan):
+            if state.finished(index, plan.epochs):
+                continue
+            if index > state.stage_index:
+                state.stage_index, state.epoch = index, 0
+            with start_stage(plan, self.ctx) as stage:
+                if saved is not None:
+                    restore(saved, index, stage)
+                    saved = None  # only the first stage run after a resume restores
+                self._clock = time.perf_counter()
+                for epoch in range(state.epoch + 1, plan.epochs + 1):
+                    metrics, rate = self._train_epoch(stage, index, epoch)
+                    metrics["lr"] = stage.lr
+                    if stage.validates:
+                        metrics.update(self._validate())
+                    self._end_epoch(stage, index, epoch, metrics, rate)
+
+    def _train_epoch(self, stage: Stage, index: int, epoch: int) -> tuple[dict[str, float], float]:
+        """One pass over the data; returns the mean ``train_*`` losses and samples/s."""
+        gen = torch.Generator().manual_seed(_epoch_seed(self.ctx.config.seed, index, epoch))
+        sums: dict[str, float] = {}
+        started, seen = time.perf_counter(), 0
+        self.ctx.student.train()
+        for step, idx in enumerate(self._batches(gen), start=1):
+            if self.should_cancel is not None and self.should_cancel():
+                raise Canceled(f"canceled in stage {stage.name!r}, epoch {epoch}")
+            batch = Batch(idx=idx, x=self._inputs(idx, gen), y=self.ctx.y[idx])
+            with self.ctx.autocast():
+                loss, parts = stage.loss(batch)
+            if not torch.isfinite(loss):
+                raise Diverged(stage.name, epoch, step, loss.item())
+            stage.update(loss)
+            seen += len(idx)
+            for k, v in {"loss": loss.detach(), **parts}.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
+            if self.on_progress is not None and step % self.progress_every == 0:
+                rate = seen / (time.perf_counter() - started)
+                means = {k: v / seen for k, v in sums.items()}
+                self._report("step", index, epoch, step, means, rate)
+        rate = seen / (time.perf_counter() - started)
+        return {f"train_{k}": v / seen for k, v in sums.items()}, rate
+
+    def _end_epoch(
+        self, stage: Stage, index: int, epoch: int, metrics: dict[str, float], rate: float
+    ) -> None:
+        """Record the epoch: stage time, metrics row, checkpoint, progress report."""
+        state = self.state
+        state.epoch = epoch
+        now = time.perf_counter()
+        state.stage_seconds[stage.name] = (
+            state.stage_seconds.get(stage.name, 0.0) + now - self._clock
+        )
+        self._clock = now
+        row = {"stage": stage.name, "epoch": epoch, "samples_per_s": rate, **metrics}
+        state.record(row)
+        append_metrics(self.out_dir, row)
+        save_checkpoint(
+            self.out_dir, spec=self.spec, data=self.data, ctx=self.ctx, state=state, stage=stage
+        )
+        self._report("epoch", index, epoch, self.ctx.steps_per_epoch, metrics, rate)
+
+    def _batches(self, gen: torch.Generator) -> Iterator[torch.Tensor]:
+        n, size = len(self.ctx.y), self.ctx.config.batch_size
+        for idx in batches(n, size, shuffle=True, generator=gen):
+            yield idx.to(self.ctx.device)
+
+    def _inputs(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        xb = self.ctx.normalizer(self.ctx.x[idx])  # (B, ...) float32
+        cfg = self.ctx.config
+        if cfg.augment != "none" and xb.dim() == 4:
+            xb = augment(
+                xb,
+                crop_padding=cfg.crop_padding,
+                crop="crop" in cfg.augment,
+                flip="flip" in cfg.augment,
+                generator=gen,
+            )
+        return xb
+
+    def _validate(self) -> dict[str, float]:
+        if self.val_data is None:
+            return {}
+        s = score(predict(self.ctx.student, self.val_data, self.ctx.normalizer), self.val_data.y)
+        return {"val_accuracy": s.accuracy, "val_nll": s.nll}
+
+    def _report(
+        self,
+        kind: Literal["step", "epoch"],
+        index: int,
+        epoch: int,
+        step: int,
+        metrics: dict[str, float],
+        rate: float,
+    ) -> None:
+        if self.on_progress is None:
+            return
+        plan, steps = self.plan[index], self.ctx.steps_per_epoch
+        done = len(self.state.history) - (1 if kind == "epoch" else 0)  # epochs before this
+        total = sum(s.epochs for s in self.plan)
+        self.on_progress(
+            Progress(
+                kind=kind,
+                stage=plan.name,
+                stage_index=index,
+                stages=len(self.plan),
+                epoch=epoch,
+                epochs=plan.epochs,
+                step=step,
+                steps=steps,
+                fraction=min(1.0, (done + step / steps) / total),
+                metrics=metrics,
+                samples_per_s=rate,
+            )
+        )
+
+
+def _epoch_seed(seed: int, stage_index: int, epoch: int) -> int:
+    return (seed * 1_000_003 + stage_index * 10_007 + epoch) % (2**63)
