@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -24,15 +24,18 @@ from cli.engine import _read_json, print_report
 
 if TYPE_CHECKING:
     from client import KDServeClient
+    from client.client import UploadKind
 
 err = Console(stderr=True, soft_wrap=True)  # one line per message, also in logs
 out = Console()
 
 teachers_app = typer.Typer(
-    help="Teachers on a kdserve server: upload, promote a job's student, list.",
+    help="Teachers on a kdserve server: upload, promote a job's student, list, delete.",
     no_args_is_help=True,
 )
-datasets_app = typer.Typer(help="Datasets on a kdserve server: upload, list.", no_args_is_help=True)
+datasets_app = typer.Typer(
+    help="Datasets on a kdserve server: upload, list, delete.", no_args_is_help=True
+)
 jobs_app = typer.Typer(
     help="Distillation jobs on a kdserve server: submit, watch, download.", no_args_is_help=True
 )
@@ -66,8 +69,10 @@ WaitOpt = Annotated[
     bool, typer.Option("--wait", help="Wait until the server has validated it (ready/invalid).")
 ]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds --wait waits at most.")]
+NameOpt = Annotated[str | None, typer.Option("--name", help="A name to recognise it by.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 IdArg = Annotated[str, typer.Argument(help="The id.", show_default=False)]
+UploadIdArg = Annotated[str, typer.Argument(help="The id.", metavar="id", show_default=False)]
 
 
 def make_client(url: str | None, api_key: str | None) -> KDServeClient:
@@ -104,7 +109,7 @@ def teachers_upload(
             dir_okay=False,
         ),
     ] = None,
-    name: Annotated[str | None, typer.Option("--name", help="A name to recognise it by.")] = None,
+    name: NameOpt = None,
     wait: WaitOpt = False,
     timeout: TimeoutOpt = 600.0,
     url: UrlOpt = None,
@@ -138,34 +143,20 @@ def teachers_promote(
     _print_asset(teacher, "teacher")
 
 
-@teachers_app.command("list")
-def teachers_list(as_json: JsonOpt = False, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
-    """List your teachers, newest first."""
-    with _remote(url, api_key) as kd:
-        items = kd.list_teachers()
-    if as_json:
-        _print_json(items)
-        return
-    table = _table("id", "name", "status", "format", "input", "classes", "params", "size")
-    for t in items:
-        table.add_row(
-            t["id"],
-            escape(t["name"]),
-            _status(t["status"]),
-            t.get("format") or "-",
-            _shape(t.get("input_shape")),
-            str(t["num_classes"]),
-            f"{t['params']:,}" if t.get("params") is not None else "-",
-            _size(t["size"]),
-        )
-    _print_table(table)
+TEACHER_COLUMNS = ("id", "name", "status", "format", "input", "classes", "params", "size")
 
 
-@teachers_app.command("get")
-def teachers_get(teacher_id: IdArg, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
-    """One teacher as JSON (layers once validated)."""
-    with _remote(url, api_key) as kd:
-        _print_json(kd.get_teacher(teacher_id))
+def _teacher_row(t: dict[str, Any]) -> list[str]:
+    return [
+        t["id"],
+        escape(t["name"]),
+        _status(t["status"]),
+        t.get("format") or "-",
+        _shape(t.get("input_shape")),
+        str(t["num_classes"]),
+        f"{t['params']:,}" if t.get("params") is not None else "-",
+        _size(t["size"]),
+    ]
 
 
 # -- datasets ------------------------------------------------------------------------------
@@ -181,7 +172,7 @@ def datasets_upload(
             dir_okay=False,
         ),
     ],
-    name: Annotated[str | None, typer.Option("--name", help="A name to recognise it by.")] = None,
+    name: NameOpt = None,
     wait: WaitOpt = False,
     timeout: TimeoutOpt = 600.0,
     url: UrlOpt = None,
@@ -195,33 +186,75 @@ def datasets_upload(
     _print_asset(dataset, "dataset")
 
 
-@datasets_app.command("list")
-def datasets_list(as_json: JsonOpt = False, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
-    """List your datasets, newest first."""
-    with _remote(url, api_key) as kd:
-        items = kd.list_datasets()
-    if as_json:
-        _print_json(items)
-        return
-    table = _table("id", "name", "status", "samples", "input", "classes", "size")
-    for d in items:
-        table.add_row(
-            d["id"],
-            escape(d["name"]),
-            _status(d["status"]),
-            f"{d['samples']:,}" if d.get("samples") is not None else "-",
-            _shape(d.get("input_shape")),
-            str(len(d["classes"])) if d.get("classes") is not None else "-",
-            _size(d["size"]),
-        )
-    _print_table(table)
+DATASET_COLUMNS = ("id", "name", "status", "samples", "input", "classes", "size")
 
 
-@datasets_app.command("get")
-def datasets_get(dataset_id: IdArg, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
-    """One dataset as JSON (samples, input shape and classes once validated)."""
-    with _remote(url, api_key) as kd:
-        _print_json(kd.get_dataset(dataset_id))
+def _dataset_row(d: dict[str, Any]) -> list[str]:
+    return [
+        d["id"],
+        escape(d["name"]),
+        _status(d["status"]),
+        f"{d['samples']:,}" if d.get("samples") is not None else "-",
+        _shape(d.get("input_shape")),
+        str(len(d["classes"])) if d.get("classes") is not None else "-",
+        _size(d["size"]),
+    ]
+
+
+# -- teachers and datasets alike -----------------------------------------------------------
+
+
+def _upload_commands(
+    app: typer.Typer,
+    kind: UploadKind,
+    *,
+    columns: tuple[str, ...],
+    row: Callable[[dict[str, Any]], list[str]],
+    get_help: str,
+) -> None:
+    """``list``, ``get`` and ``delete`` of teachers or datasets; ``row`` is one line of the
+    table ``list`` prints, under ``columns``."""
+    what = kind[:-1]
+
+    def list_(as_json: JsonOpt = False, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+        with _remote(url, api_key) as kd:
+            items = kd.list_resources(kind)
+        if as_json:
+            _print_json(items)
+            return
+        table = _table(*columns)
+        for item in items:
+            table.add_row(*row(item))
+        _print_table(table)
+
+    def get(id_: UploadIdArg, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+        with _remote(url, api_key) as kd:
+            _print_json(kd.get_resource(kind, id_))
+
+    def delete(id_: UploadIdArg, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+        with _remote(url, api_key) as kd:
+            kd.delete_upload(kind, id_)
+        err.print(f"deleted {what} {escape(id_)}")
+
+    app.command("list", help=f"List your {kind}, newest first.")(list_)
+    app.command("get", help=get_help)(get)
+    app.command("delete", help=f"Delete a {what} (jobs that used it keep their results).")(delete)
+
+
+_upload_commands(
+    teachers_app,
+    "teachers",
+    columns=TEACHER_COLUMNS,
+    row=_teacher_row,
+    get_help="One teacher as JSON (layers once validated).",
+)
+_upload_commands(
+    datasets_app,
+    "datasets",
+    columns=DATASET_COLUMNS,
+    row=_dataset_row,
+    get_help="One dataset as JSON (samples, input shape and classes once validated).",
+)
 
 
 # -- jobs ----------------------------------------------------------------------------------

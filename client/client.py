@@ -18,7 +18,7 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Literal, Self
 from urllib.parse import quote
 
 import httpx
@@ -37,6 +37,9 @@ _RETRY_STATUSES = frozenset({502, 503, 504})
 _RETRY_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 
 JSON = dict[str, Any]
+UploadKind = Literal["teachers", "datasets"]
+Kind = Literal[UploadKind, "jobs"]
+KINDS: tuple[Kind, ...] = ("teachers", "datasets", "jobs")
 
 
 def default_api_key() -> str | None:
@@ -130,7 +133,7 @@ class KDServeClient:
             "arch": json.dumps(arch, separators=(",", ":")) if arch is not None else None,
             "name": name,
         }
-        return self._upload("/v1/teachers", Path(path), params)
+        return self._upload("teachers", Path(path), params)
 
     def teacher_from_job(self, job_id: str, name: str | None = None) -> JSON:
         """Promote a succeeded job's student to a teacher."""
@@ -140,13 +143,13 @@ class KDServeClient:
         return self._json("POST", "/v1/teachers", json=body)
 
     def get_teacher(self, teacher_id: str) -> JSON:
-        return self._json("GET", f"/v1/teachers/{_seg(teacher_id)}", retry=True)
+        return self.get_resource("teachers", teacher_id)
 
     def list_teachers(self, *, page_size: int | None = None) -> list[JSON]:
-        return list(self._paginate("/v1/teachers", {}, page_size))
+        return self.list_resources("teachers", page_size=page_size)
 
     def delete_teacher(self, teacher_id: str) -> None:
-        self._send("DELETE", f"/v1/teachers/{_seg(teacher_id)}")
+        self.delete_upload("teachers", teacher_id)
 
     # -- datasets ----------------------------------------------------------------------------
 
@@ -154,16 +157,16 @@ class KDServeClient:
         """Upload a dataset (.npz or image-folder archive), streamed; its suffix names the
         format. It comes back ``validating``; see :meth:`wait_for`."""
         file = Path(path)
-        return self._upload("/v1/datasets", file, {"filename": file.name, "name": name})
+        return self._upload("datasets", file, {"filename": file.name, "name": name})
 
     def get_dataset(self, dataset_id: str) -> JSON:
-        return self._json("GET", f"/v1/datasets/{_seg(dataset_id)}", retry=True)
+        return self.get_resource("datasets", dataset_id)
 
     def list_datasets(self, *, page_size: int | None = None) -> list[JSON]:
-        return list(self._paginate("/v1/datasets", {}, page_size))
+        return self.list_resources("datasets", page_size=page_size)
 
     def delete_dataset(self, dataset_id: str) -> None:
-        self._send("DELETE", f"/v1/datasets/{_seg(dataset_id)}")
+        self.delete_upload("datasets", dataset_id)
 
     # -- jobs --------------------------------------------------------------------------------
 
@@ -195,11 +198,11 @@ class KDServeClient:
         )
 
     def get_job(self, job_id: str) -> JSON:
-        return self._json("GET", f"/v1/jobs/{_seg(job_id)}", retry=True)
+        return self.get_resource("jobs", job_id)
 
     def list_jobs(self, status: str | None = None, *, page_size: int | None = None) -> list[JSON]:
         """Every job of the tenant, newest first (all pages), optionally of one status."""
-        return list(self._paginate("/v1/jobs", {"status": status}, page_size))
+        return self.list_resources("jobs", page_size=page_size, status=status)
 
     def cancel_job(self, job_id: str) -> JSON:
         return self._json("POST", f"/v1/jobs/{_seg(job_id)}/cancel")
@@ -267,6 +270,22 @@ class KDServeClient:
             for a in self.list_artifacts(job_id)
         ]
 
+    # -- any kind: teachers, datasets, jobs ---------------------------------------------------
+
+    def get_resource(self, kind: Kind, id_: str) -> JSON:
+        """One teacher, dataset or job by id."""
+        return self._json("GET", f"{_root(kind)}/{_seg(id_)}", retry=True)
+
+    def list_resources(
+        self, kind: Kind, *, page_size: int | None = None, **filters: str | None
+    ) -> list[JSON]:
+        """Every teacher, dataset or job of the tenant, newest first (all pages)."""
+        return list(self._paginate(_root(kind), filters, page_size))
+
+    def delete_upload(self, kind: UploadKind, id_: str) -> None:
+        """Delete a teacher or dataset (jobs that used it keep their results)."""
+        self._send("DELETE", f"{_root(kind)}/{_seg(id_)}")
+
     # -- waiting -----------------------------------------------------------------------------
 
     def wait_for(
@@ -281,18 +300,11 @@ class KDServeClient:
         """Poll a teacher, dataset or job until its ``status`` is one of ``statuses``
         (default: ready/invalid, or a job's final states); :class:`TimeoutError` after
         ``timeout`` seconds."""
-        getters: dict[str, Callable[[str], JSON]] = {
-            "teachers": self.get_teacher,
-            "datasets": self.get_dataset,
-            "jobs": self.get_job,
-        }
-        key = kind if kind.endswith("s") else f"{kind}s"
-        if key not in getters:
-            raise ValueError(f"kind must be teachers, datasets or jobs, not {kind!r}")
+        key = _kind(kind)
         wanted = set(statuses or (FINAL_JOB_STATES if key == "jobs" else READY_STATES))
         deadline = time.monotonic() + timeout
         while True:
-            obj = getters[key](id_)
+            obj = self.get_resource(key, id_)
             if obj["status"] in wanted:
                 return obj
             if time.monotonic() >= deadline:
@@ -348,7 +360,7 @@ class KDServeClient:
             return resp
         raise AssertionError("unreachable")  # pragma: no cover - _attempts raises first
 
-    def _upload(self, path: str, file: Path, params: dict[str, Any]) -> JSON:
+    def _upload(self, kind: UploadKind, file: Path, params: dict[str, Any]) -> JSON:
         size = file.stat().st_size  # FileNotFoundError before anything is sent
 
         def chunks() -> Iterator[bytes]:
@@ -360,7 +372,7 @@ class KDServeClient:
         # the generator is consumed as it is sent, so an upload is never retried.
         return self._json(
             "POST",
-            path,
+            _root(kind),
             params=params,
             content=chunks(),
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)},
@@ -480,6 +492,19 @@ def _problem(resp: httpx.Response) -> KDServeAPIError:
         )
     text = resp.text.strip()[:500]
     return KDServeAPIError(resp.status_code, "http_error", text or resp.reason_phrase)
+
+
+def _kind(kind: str) -> Kind:
+    """``kind`` as a collection name: "teacher" and "teachers" are both "teachers"."""
+    key = kind if kind.endswith("s") else f"{kind}s"
+    for known in KINDS:
+        if key == known:
+            return known
+    raise ValueError(f"kind must be teachers, datasets or jobs, not {kind!r}")
+
+
+def _root(kind: str) -> str:
+    return f"/v1/{_kind(kind)}"
 
 
 def _seg(value: str) -> str:

@@ -304,10 +304,10 @@ def _load_rows(sessions: sessionmaker[Session], job_id: uuid.UUID) -> _Rows:
         job = RunRepository(session).get(job_id)
         assert job is not None  # just claimed; jobs are deleted only when final
         assets = AssetRepository(session)
-        dataset = assets.dataset_with_blob(job.dataset_id)
+        dataset = assets.with_blob(DatasetRecord, job.dataset_id)
         assert dataset is not None  # a foreign key
-        val = assets.dataset_with_blob(job.val_dataset_id) if job.val_dataset_id else None
-        teacher = assets.teacher_with_blob(job.teacher_id) if job.teacher_id else None
+        val = assets.with_blob(DatasetRecord, job.val_dataset_id) if job.val_dataset_id else None
+        teacher = assets.with_blob(Teacher, job.teacher_id) if job.teacher_id else None
         return _Rows(job=job, dataset=dataset, val_dataset=val, teacher=teacher)
 
 

@@ -9,14 +9,19 @@ from storage (unless another upload shares it), so it neither lingers nor counts
 tenant's quota; its row keeps the message. A check that fails for the machine's reasons (a
 crash, storage down) marks the upload invalid but keeps its file. Both are
 no-ops unless the row is still ``validating``, so a redelivered task does nothing.
+
+One driver (:func:`validate`) checks both kinds; a :class:`Check` names what differs.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,12 +29,14 @@ from store.blobs import BlobStore, StorageError
 from store.db import transaction
 from store.models import AssetStatus, DatasetRecord, Teacher
 from store.repositories.assets import AssetRepository
+from store.repositories.catalog import Upload, UploadModel
 from store.settings import Settings
 from worker.files import download, local_name, work_dir
 from worker.retry import DB_ERRORS, STORAGE_ERRORS, Retries, retrying
 from worker.sandbox import SandboxFailed, run_in_sandbox
 from worker.sandbox.policy import isolation_for, limits_for, teacher_input
 from worker.sandbox.protocol import (
+    FAILURES,
     DatasetRequest,
     DatasetResult,
     TeacherRequest,
@@ -39,106 +46,97 @@ from worker.sandbox.protocol import (
 log = logging.getLogger(__name__)
 
 
-def validate_teacher(
-    teacher_id: str,
+@dataclass(frozen=True)
+class Check(Generic[Upload]):
+    """What differs between checking a teacher and a dataset: the row, where its file goes
+    in the sandbox, and the loader's request and result."""
+
+    model: type[Upload]
+    what: str
+    file: Callable[[Upload], str]  # the path in the sandbox folder, relative
+    request: Callable[[Upload, str, Settings], TeacherRequest | DatasetRequest]
+    result: type[TeacherResult] | type[DatasetResult]
+
+
+def validate(
+    check: Check[Upload],
+    row_id: str,
     *,
     settings: Settings,
     sessions: sessionmaker[Session],
     store: BlobStore,
     retries: Retries = Retries(),
 ) -> AssetStatus | None:
-    """Validate a teacher upload; returns the status written, or None if there was nothing
-    to do (unknown id, or no longer ``validating``)."""
-    row_id = _parse_id(teacher_id, "teacher")
-    if row_id is None:
+    """Validate an upload; returns the status written, or None if there was nothing to do
+    (unknown id, or no longer ``validating``)."""
+    parsed = _parse_id(row_id, check.what)
+    if parsed is None:
         return None
     with sessions() as session:
-        row = AssetRepository(session).teacher_with_blob(row_id)
+        row = AssetRepository(session).with_blob(check.model, parsed)
     if row is None or row.status != AssetStatus.validating:
         return None
 
     assert row.blob is not None  # validating rows always have their file
-    with work_dir(settings, f"teacher-{row_id}-") as tmp:
+    with work_dir(settings, f"{check.what}-{parsed}-") as tmp:
         box = tmp / "box"
         (box / "in").mkdir(parents=True)
         release = False
+        path = check.file(row)
         try:
-            download(store, row.blob.uri, box / "in" / "weights", delays=retries.storage)
+            download(store, row.blob.uri, box / path, delays=retries.storage)
         except StorageError as exc:
             values = _storage_failed(exc)
         else:
             try:
-                request = TeacherRequest(
-                    limits=limits_for(settings),
-                    teacher=teacher_input(settings, "in/weights", row.arch),
-                    input_shape=list(row.input_shape),
-                    num_classes=row.num_classes,
-                )
-                result = TeacherResult.model_validate(_sandboxed(request, box, tmp, settings))
+                request = check.request(row, path, settings)
+                result = check.result.model_validate(_sandboxed(request, box, tmp, settings))
             except _Refused as exc:  # the loader's verdict on the file: it goes
                 values, release = {"status": AssetStatus.invalid, "error": str(exc)}, True
             except ValueError as exc:
                 values = {"status": AssetStatus.invalid, "error": str(exc)}
             except Exception as exc:
-                log.exception("validating teacher %s failed", row_id)
+                log.exception("validating %s %s failed", check.what, parsed)
                 values = _internal(exc)
             else:
                 values = {"status": AssetStatus.ready, "error": None, **result.model_dump()}
-    return _write(sessions, store, retries, Teacher, row_id, values, release=release)
+    return _write(sessions, store, retries, check.model, parsed, values, release=release)
 
 
-def validate_dataset(
-    dataset_id: str,
-    *,
-    settings: Settings,
-    sessions: sessionmaker[Session],
-    store: BlobStore,
-    retries: Retries = Retries(),
-) -> AssetStatus | None:
-    """Validate a dataset upload; returns the status written, or None if there was nothing
-    to do."""
-    row_id = _parse_id(dataset_id, "dataset")
-    if row_id is None:
-        return None
-    with sessions() as session:
-        row = AssetRepository(session).dataset_with_blob(row_id)
-    if row is None or row.status != AssetStatus.validating:
-        return None
+def _teacher_request(row: Teacher, path: str, settings: Settings) -> TeacherRequest:
+    return TeacherRequest(
+        limits=limits_for(settings),
+        teacher=teacher_input(settings, path, row.arch),
+        input_shape=list(row.input_shape),
+        num_classes=row.num_classes,
+    )
 
-    assert row.blob is not None  # validating rows always have their file
-    with work_dir(settings, f"dataset-{row_id}-") as tmp:
-        box = tmp / "box"
-        (box / "in").mkdir(parents=True)
-        release = False
-        # The loader picks the format by suffix, so the file keeps the upload's name.
-        name = f"in/{local_name(row.filename, 'dataset')}"
-        try:
-            download(store, row.blob.uri, box / name, delays=retries.storage)
-        except StorageError as exc:
-            values = _storage_failed(exc)
-        else:
-            try:
-                request = DatasetRequest(limits=limits_for(settings), path=name)
-                result = DatasetResult.model_validate(_sandboxed(request, box, tmp, settings))
-            except _Refused as exc:  # the loader's verdict on the file: it goes
-                values, release = {"status": AssetStatus.invalid, "error": str(exc)}, True
-            except ValueError as exc:
-                values = {"status": AssetStatus.invalid, "error": str(exc)}
-            except Exception as exc:
-                log.exception("validating dataset %s failed", row_id)
-                values = _internal(exc)
-            else:
-                values = {"status": AssetStatus.ready, "error": None, **result.model_dump()}
-    return _write(sessions, store, retries, DatasetRecord, row_id, values, release=release)
+
+def _dataset_file(row: DatasetRecord) -> str:
+    # The loader picks the format by suffix, so the file keeps the upload's name.
+    return f"in/{local_name(row.filename, 'dataset')}"
+
+
+def _dataset_request(row: DatasetRecord, path: str, settings: Settings) -> DatasetRequest:
+    return DatasetRequest(limits=limits_for(settings), path=path)
+
+
+TEACHERS = Check(
+    Teacher,
+    "teacher",
+    file=lambda _row: "in/weights",
+    request=_teacher_request,
+    result=TeacherResult,
+)
+DATASETS = Check(
+    DatasetRecord, "dataset", file=_dataset_file, request=_dataset_request, result=DatasetResult
+)
+validate_teacher = partial(validate, TEACHERS)
+validate_dataset = partial(validate, DATASETS)
 
 
 class _Refused(Exception):
     """The check judged the file itself bad (unreadable, hostile, over a limit)."""
-
-
-# Sandbox failures that are a verdict on the file. A crash or an internal error may be the
-# machine's fault: the upload is marked invalid but keeps its file.
-_VERDICTS = ("invalid_input", "out_of_memory", "time_limit")
 
 
 def _sandboxed(
@@ -161,7 +159,9 @@ def _sandboxed(
     except SandboxFailed as exc:
         if exc.code == "invalid_input":
             raise _Refused(str(exc)) from exc
-        if exc.code in _VERDICTS:
+        # A verdict on the file (FAILURES); a crash or an internal error may be the
+        # machine's fault: the upload is marked invalid but keeps its file.
+        if FAILURES[exc.code].input_at_fault:
             raise _Refused(f"the file could not be checked: {exc} ({exc.code})") from exc
         raise RuntimeError(f"{exc} ({exc.code})") from exc
 
@@ -170,7 +170,7 @@ def _write(
     sessions: sessionmaker[Session],
     store: BlobStore,
     retries: Retries,
-    model: type[Teacher] | type[DatasetRecord],
+    model: UploadModel,
     row_id: uuid.UUID,
     values: dict[str, Any],
     *,
@@ -184,10 +184,7 @@ def _write(
     def once() -> tuple[bool, str | None]:
         with transaction(sessions) as session:
             repo = AssetRepository(session)
-            if model is Teacher:
-                written = repo.finish_teacher(row_id, **values)
-            else:
-                written = repo.finish_dataset(row_id, **values)
+            written = repo.finish(model, row_id, **values)
             drop = written and release and status == AssetStatus.invalid
             return written, repo.release_blob(model, row_id) if drop else None
 

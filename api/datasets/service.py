@@ -1,10 +1,12 @@
+"""Datasets: register an upload, queue its validation."""
+
 from __future__ import annotations
 
 from pathlib import PurePosixPath
 
 from sqlalchemy.orm import Session
 
-from api.kit.deps import defer_task
+from api.kit.catalog import Catalog
 from api.kit.errors import UnsupportedMediaType
 from api.kit.schemas import plain_text
 from api.kit.uploads import record_blob
@@ -13,7 +15,15 @@ from store.models import DatasetRecord, Tenant
 from store.queue import VALIDATE_DATASET
 from store.repositories.catalog import DatasetRepository
 
-from .schemas import DatasetPublic
+from .schemas import DatasetList, DatasetPublic
+
+catalog = Catalog(
+    what="dataset",
+    repository=DatasetRepository,
+    public=DatasetPublic,
+    page=DatasetList,
+    task=VALIDATE_DATASET,
+)
 
 SUFFIXES = (".npz", ".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
@@ -38,29 +48,5 @@ def create(
     filename: str,
     name: str,
 ) -> DatasetRecord:
-    blob = record_blob(session, store, tenant, obj)
-    dataset = DatasetRepository(session, tenant.id).add(
-        DatasetRecord(
-            tenant_id=tenant.id, name=name or filename, filename=filename, blob_id=blob.id
-        )
-    )
-    dataset.blob = blob
-    defer_task(session, VALIDATE_DATASET, [str(dataset.id)])
-    return dataset
-
-
-def to_public(d: DatasetRecord) -> DatasetPublic:
-    return DatasetPublic(
-        id=d.id,
-        name=d.name,
-        filename=d.filename,
-        status=d.status,
-        error=d.error,
-        samples=d.samples,
-        input_shape=d.input_shape,
-        classes=d.classes,
-        size=d.blob.size if d.blob else None,
-        sha256=d.blob.sha256 if d.blob else None,
-        created_at=d.created_at,
-        updated_at=d.updated_at,
-    )
+    row = DatasetRecord(tenant_id=tenant.id, name=name or filename, filename=filename)
+    return catalog.add(session, row, record_blob(session, store, tenant, obj))

@@ -117,6 +117,13 @@ def _allowed_methods(request: Request) -> list[str]:
     return sorted(methods)
 
 
+def _in_body(error: dict[str, Any]) -> dict[str, Any]:
+    """Name a body field by its path in the JSON the user sent (``config.alpha``), as the
+    service's own 422s do; query, path and header fields keep their prefix."""
+    loc = tuple(error.get("loc", ()))
+    return {**error, "loc": loc[1:]} if len(loc) > 1 and loc[0] == "body" else error
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(KDServeError)
     async def _kdserve(_r: Request, exc: KDServeError) -> JSONResponse:
@@ -126,7 +133,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_r: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = explain_errors(exc.errors())
+        errors = explain_errors(_in_body(e) for e in exc.errors())
         return problem_response(422, "Invalid request", summarize(errors), "invalid", errors)
 
     @app.exception_handler(StarletteHTTPException)

@@ -1,25 +1,34 @@
-"""Uploads stream into object storage chunk by chunk, hashed on the way, never held whole
-in memory; an upload over the size limit or the tenant's stored-bytes quota is cut off with
-413 and leaves nothing behind."""
+"""Receiving a teacher's or dataset's file: a multipart form or a raw body with its fields
+in the query string (:func:`receive`). Uploads stream into object storage chunk by chunk,
+hashed on the way, never held whole in memory; an upload over the size limit or the tenant's
+stored-bytes quota is cut off with 413 and leaves nothing behind; bytes the tenant already
+stored are kept once (:func:`record_blob`). What happens to the upload next is
+:mod:`api.kit.catalog`."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
-from api.kit.errors import Invalid, PayloadTooLarge, QuotaExceeded, Unavailable
+from api.kit.deps import Services
+from api.kit.errors import (
+    Invalid,
+    PayloadTooLarge,
+    QuotaExceeded,
+    Unavailable,
+    UnsupportedMediaType,
+)
 from store.blobs import BlobStore, StorageError, StoredObject
 from store.models import Blob, Tenant
-from store.repositories.catalog import stored_bytes
+from store.repositories.catalog import find_or_add_blob, stored_bytes
 from store.settings import Settings
 
 
@@ -52,6 +61,100 @@ class Quota:
         """Refuse before reading the body when its declared length already does not fit."""
         if content_length is not None and content_length.isdigit():
             self.check(int(content_length))
+
+
+def upload_body(
+    form: dict[str, dict[str, Any]],
+    *,
+    required: Sequence[str] = (),
+    query: list[dict[str, Any]],
+    content: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``openapi_extra`` of an upload route: a multipart ``file`` with the fields in
+    ``form``, or a raw body with the ``query`` parameters, or another ``content`` type."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file", *required],
+                        "properties": {"file": {"type": "string", "format": "binary"}, **form},
+                    }
+                },
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                **(content or {}),
+            },
+        },
+        "parameters": query,
+    }
+
+
+def media_type(request: Request) -> str:
+    """The request's Content-Type, lower case, without its parameters."""
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """An upload's fields and its file, not read yet: from a multipart form, or from a raw
+    ``application/octet-stream`` body with the fields as query parameters."""
+
+    fields: dict[str, str | None]
+    filename: str | None  # the file part's name, or ?filename=
+    chunks: AsyncIterator[bytes]
+    declared: str | None  # the body's Content-Length when the body is the file alone
+
+
+async def receive(
+    request: Request,
+    *,
+    fields: Collection[str],
+    max_fields: int,
+    file_part: str,
+    unsupported: str,
+) -> Incoming:
+    """The upload a request carries; ``file_part`` says what the multipart ``file`` part
+    holds, ``unsupported`` what to send instead of another media type (a 415)."""
+    ctype = media_type(request)
+    if ctype == "multipart/form-data":
+        form = await read_form(request, max_fields=max_fields)
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise Invalid(f"multipart body needs {file_part}")
+        values = {k: form.get(k) for k in fields}
+        return Incoming(
+            fields={k: v if isinstance(v, str) else None for k, v in values.items()},
+            filename=upload.filename,
+            chunks=iter_upload_file(upload),
+            declared=None,  # a multipart length also counts the form
+        )
+    if ctype == "application/octet-stream":
+        query = request.query_params
+        return Incoming(
+            fields={k: query.get(k) for k in fields},
+            filename=query.get("filename"),
+            chunks=request.stream(),
+            declared=request.headers.get("content-length"),
+        )
+    raise UnsupportedMediaType(unsupported)
+
+
+async def store_upload(
+    incoming: Incoming, *, session: Session, services: Services, tenant: Tenant
+) -> StoredObject:
+    """Stream the upload's file into storage, within the size limit and the tenant's quota.
+    Check its fields first: a refusal then stores nothing."""
+    quota = await run_in_threadpool(Quota.of, session, services.settings, tenant)
+    quota.check_declared(incoming.declared)
+    return await stream_to_storage(
+        incoming.chunks,
+        store=services.store,
+        tenant_id=tenant.id,
+        limit=services.settings.max_upload_bytes,
+        quota=quota,
+    )
 
 
 async def stream_to_storage(
@@ -88,29 +191,14 @@ async def stream_to_storage(
 
 
 def record_blob(session: Session, store: BlobStore, tenant: Tenant, obj: StoredObject) -> Blob:
-    """The tenant's blob for these bytes: an identical earlier upload is reused (sha256)."""
-    existing = _find(session, tenant.id, obj.sha256)
-    if existing is not None:
-        if existing.uri != obj.uri:
-            store.delete(obj.uri)
-        return existing
-    blob = Blob(tenant_id=tenant.id, uri=obj.uri, size=obj.size, sha256=obj.sha256)
-    try:
-        with session.begin_nested():
-            session.add(blob)
-    except IntegrityError:  # the same bytes arrived concurrently: keep the first
-        existing = _find(session, tenant.id, obj.sha256)
-        if existing is None:
-            raise
+    """The tenant's blob for these bytes: an identical earlier upload is reused (sha256) and
+    this upload's copy deleted."""
+    blob, added = find_or_add_blob(
+        session, tenant.id, uri=obj.uri, size=obj.size, sha256=obj.sha256
+    )
+    if not added and blob.uri != obj.uri:
         store.delete(obj.uri)
-        return existing
     return blob
-
-
-def _find(session: Session, tenant_id: uuid.UUID, sha256: str) -> Blob | None:
-    return session.scalars(
-        select(Blob).where(Blob.tenant_id == tenant_id, Blob.sha256 == sha256)
-    ).first()
 
 
 async def read_form(request: Request, *, max_fields: int) -> FormData:

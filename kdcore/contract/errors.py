@@ -51,8 +51,10 @@ def explain_errors(
 
 
 def summarize(found: Sequence[Problem]) -> str:
-    """One line: ``a.b: what to change; c: ...``."""
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in found)
+    """One line: ``a.b: what to change; c: ...`` (no path for an error about the whole value)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"] for e in found
+    )
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -14,35 +14,32 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, delete, exists, or_, select, update
 from sqlalchemy.orm import Session, joinedload
 
-from store.models import AssetStatus, Blob, DatasetRecord, Teacher, utcnow
+from store.models import AssetStatus, Blob, utcnow
+from store.repositories.catalog import UPLOADS, Upload, UploadModel
 
 
 class AssetRepository:
     def __init__(self, session: Session) -> None:
         self.session = session
 
-    def teacher_with_blob(self, teacher_id: uuid.UUID) -> Teacher | None:
+    def with_blob(self, model: type[Upload], row_id: uuid.UUID) -> Upload | None:
+        """An upload of any tenant, deleted or not, with its file loaded."""
         return self.session.scalar(
-            select(Teacher).options(joinedload(Teacher.blob)).where(Teacher.id == teacher_id)
+            select(model).options(joinedload(model.blob)).where(model.id == row_id)
         )
 
-    def dataset_with_blob(self, dataset_id: uuid.UUID) -> DatasetRecord | None:
-        return self.session.scalar(
-            select(DatasetRecord)
-            .options(joinedload(DatasetRecord.blob))
-            .where(DatasetRecord.id == dataset_id)
+    def finish(self, model: UploadModel, row_id: uuid.UUID, **values: Any) -> bool:
+        """Write the validation result if the upload is still ``validating``."""
+        stmt = (
+            update(model)
+            .where(model.id == row_id, model.status == AssetStatus.validating)
+            .values(updated_at=utcnow(), **values)
         )
-
-    def finish_teacher(self, teacher_id: uuid.UUID, **values: Any) -> bool:
-        """Write the validation result if the teacher is still ``validating``."""
-        return self._finish(Teacher, teacher_id, values)
-
-    def finish_dataset(self, dataset_id: uuid.UUID, **values: Any) -> bool:
-        """Write the validation result if the dataset is still ``validating``."""
-        return self._finish(DatasetRecord, dataset_id, values)
+        result = self.session.execute(stmt, execution_options={"synchronize_session": False})
+        return bool(cast(CursorResult[Any], result).rowcount)
 
     def stale_validating(
-        self, model: type[Teacher] | type[DatasetRecord], *, before: datetime, limit: int = 100
+        self, model: UploadModel, *, before: datetime, limit: int = 100
     ) -> list[uuid.UUID]:
         """Uploads still ``validating`` and untouched since ``before``: their validation
         message may have been lost."""
@@ -57,7 +54,7 @@ class AssetRepository:
 
     def touch_validating(
         self,
-        model: type[Teacher] | type[DatasetRecord],
+        model: UploadModel,
         row_id: uuid.UUID,
         *,
         before: datetime,
@@ -76,9 +73,7 @@ class AssetRepository:
         result = self.session.execute(stmt, execution_options={"synchronize_session": False})
         return bool(cast(CursorResult[Any], result).rowcount)
 
-    def release_blob(
-        self, model: type[Teacher] | type[DatasetRecord], row_id: uuid.UUID
-    ) -> str | None:
+    def release_blob(self, model: UploadModel, row_id: uuid.UUID) -> str | None:
         """Detach an invalid upload from its file; returns the file's URI when nothing else
         uses it (the Blob row is deleted then, and the caller deletes the object after the
         commit), or None when another teacher or dataset shares it."""
@@ -90,26 +85,10 @@ class AssetRepository:
             execution_options={"synchronize_session": False},
         )
         shared = self.session.scalar(
-            select(
-                or_(
-                    exists().where(Teacher.blob_id == blob_id),
-                    exists().where(DatasetRecord.blob_id == blob_id),
-                )
-            )
+            select(or_(*(exists().where(m.blob_id == blob_id) for m in UPLOADS)))
         )
         if shared:
             return None
         uri = self.session.scalar(select(Blob.uri).where(Blob.id == blob_id))
         self.session.execute(delete(Blob).where(Blob.id == blob_id))
         return uri
-
-    def _finish(
-        self, model: type[Teacher] | type[DatasetRecord], row_id: uuid.UUID, values: dict[str, Any]
-    ) -> bool:
-        stmt = (
-            update(model)
-            .where(model.id == row_id, model.status == AssetStatus.validating)
-            .values(updated_at=utcnow(), **values)
-        )
-        result = self.session.execute(stmt, execution_options={"synchronize_session": False})
-        return bool(cast(CursorResult[Any], result).rowcount)

@@ -1,92 +1,102 @@
-"""Teachers and datasets of a tenant. Every query is scoped to the tenant: another
-tenant's id finds nothing."""
+"""Teachers and datasets of a tenant: one repository for both uploads, specialised by model.
+Every query is scoped to the tenant: another tenant's id finds nothing."""
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
+from typing import Generic, TypeVar
 
 from sqlalchemy import Exists, exists, func, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
 from store.models import AssetStatus, Blob, DatasetRecord, Teacher, utcnow
 from store.repositories.common import page
 
+# The models with the upload lifecycle: a deduplicated file, a validation status, soft delete.
+UPLOADS = (Teacher, DatasetRecord)
+Upload = TypeVar("Upload", Teacher, DatasetRecord)
+UploadModel = type[Teacher] | type[DatasetRecord]
 
-@dataclass
-class TeacherRepository:
-    session: Session
-    tenant_id: uuid.UUID
 
-    def get(self, teacher_id: uuid.UUID) -> Teacher | None:
+class UploadRepository(Generic[Upload]):
+    """A tenant's uploads of one kind, newest first; deleted ones are hidden."""
+
+    model: type[Upload]  # each subclass names its model
+
+    def __init__(self, session: Session, tenant_id: uuid.UUID) -> None:
+        self.session = session
+        self.tenant_id = tenant_id
+
+    def get(self, row_id: uuid.UUID) -> Upload | None:
+        model = self.model
         return self.session.scalars(
-            select(Teacher)
-            .options(joinedload(Teacher.blob))
+            select(model)
+            .options(joinedload(model.blob))
             .where(
-                Teacher.id == teacher_id,
-                Teacher.tenant_id == self.tenant_id,
-                Teacher.deleted_at.is_(None),
+                model.id == row_id, model.tenant_id == self.tenant_id, model.deleted_at.is_(None)
             )
         ).first()
 
-    def list_page(self, *, after: tuple[datetime, uuid.UUID] | None, limit: int) -> list[Teacher]:
+    def list_page(self, *, after: tuple[datetime, uuid.UUID] | None, limit: int) -> list[Upload]:
+        model = self.model
         q = (
-            select(Teacher)
-            .options(joinedload(Teacher.blob))
-            .where(Teacher.tenant_id == self.tenant_id, Teacher.deleted_at.is_(None))
+            select(model)
+            .options(joinedload(model.blob))
+            .where(model.tenant_id == self.tenant_id, model.deleted_at.is_(None))
         )
-        return list(self.session.scalars(page(q, Teacher, after=after, limit=limit)))
+        return list(self.session.scalars(page(q, model, after=after, limit=limit)))
 
-    def add(self, teacher: Teacher) -> Teacher:
-        self.session.add(teacher)
+    def add(self, row: Upload) -> Upload:
+        self.session.add(row)
         self.session.flush()
-        return teacher
+        return row
 
-    def delete(self, teacher: Teacher) -> None:
-        teacher.deleted_at = utcnow()
+    def delete(self, row: Upload) -> None:
+        """Hide the upload; the row stays for the jobs that used it."""
+        row.deleted_at = utcnow()
 
 
-@dataclass
-class DatasetRepository:
-    session: Session
-    tenant_id: uuid.UUID
+class TeacherRepository(UploadRepository[Teacher]):
+    model = Teacher
 
-    def get(self, dataset_id: uuid.UUID) -> DatasetRecord | None:
-        return self.session.scalars(
-            select(DatasetRecord)
-            .options(joinedload(DatasetRecord.blob))
-            .where(
-                DatasetRecord.id == dataset_id,
-                DatasetRecord.tenant_id == self.tenant_id,
-                DatasetRecord.deleted_at.is_(None),
-            )
-        ).first()
 
-    def list_page(
-        self, *, after: tuple[datetime, uuid.UUID] | None, limit: int
-    ) -> list[DatasetRecord]:
-        q = (
-            select(DatasetRecord)
-            .options(joinedload(DatasetRecord.blob))
-            .where(DatasetRecord.tenant_id == self.tenant_id, DatasetRecord.deleted_at.is_(None))
-        )
-        return list(self.session.scalars(page(q, DatasetRecord, after=after, limit=limit)))
+class DatasetRepository(UploadRepository[DatasetRecord]):
+    model = DatasetRecord
 
-    def add(self, dataset: DatasetRecord) -> DatasetRecord:
-        self.session.add(dataset)
-        self.session.flush()
-        return dataset
 
-    def delete(self, dataset: DatasetRecord) -> None:
-        dataset.deleted_at = utcnow()
+def find_or_add_blob(
+    session: Session, tenant_id: uuid.UUID, *, uri: str, size: int, sha256: str
+) -> tuple[Blob, bool]:
+    """The tenant's blob with this sha256, added for ``uri`` if it has none yet; the flag
+    says whether it was added. Identical bytes that arrive concurrently share the first."""
+    existing = _blob(session, tenant_id, sha256)
+    if existing is not None:
+        return existing, False
+    blob = Blob(tenant_id=tenant_id, uri=uri, size=size, sha256=sha256)
+    try:
+        with session.begin_nested():
+            session.add(blob)
+    except IntegrityError:  # (tenant_id, sha256) is unique: another request added it first
+        existing = _blob(session, tenant_id, sha256)
+        if existing is None:
+            raise
+        return existing, False
+    return blob, True
+
+
+def _blob(session: Session, tenant_id: uuid.UUID, sha256: str) -> Blob | None:
+    return session.scalars(
+        select(Blob).where(Blob.tenant_id == tenant_id, Blob.sha256 == sha256)
+    ).first()
 
 
 def stored_bytes(session: Session, tenant_id: uuid.UUID) -> int:
     """Bytes the tenant's quota counts: each blob once (uploads are deduplicated), if a
     teacher or dataset that is neither deleted nor invalid refers to it."""
 
-    def used_by(model: type[Teacher] | type[DatasetRecord]) -> Exists:
+    def used_by(model: UploadModel) -> Exists:
         return exists().where(
             model.blob_id == Blob.id,
             model.deleted_at.is_(None),
@@ -95,7 +105,7 @@ def stored_bytes(session: Session, tenant_id: uuid.UUID) -> int:
 
     total = session.scalar(
         select(func.coalesce(func.sum(Blob.size), 0)).where(
-            Blob.tenant_id == tenant_id, or_(used_by(Teacher), used_by(DatasetRecord))
+            Blob.tenant_id == tenant_id, or_(*(used_by(m) for m in UPLOADS))
         )
     )
     return int(total or 0)

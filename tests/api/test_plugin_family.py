@@ -110,17 +110,19 @@ def test_a_registered_family_is_documented_and_checked_by_the_api(
 
     missing = submit("flatt")
     assert missing.status_code == 422, missing.text
-    assert "config.hint.student_layer: no layer 'flatt'; nearest valid paths: flat" in (
-        missing.json()["detail"]
+    assert (
+        "config.hint.student_layer: no layer 'flatt'; nearest valid paths: flat"
+        in (missing.json()["detail"])
     )
     image_on_vector = submit("act")
     assert image_on_vector.status_code == 422
-    assert "cannot regress guided shape (4, 8, 8) onto hint shape (16,)" in (
-        image_on_vector.json()["detail"]
+    assert (
+        "cannot regress guided shape (4, 8, 8) onto hint shape (16,)"
+        in (image_on_vector.json()["detail"])
     )
     bad_field = submit("flat", channels=-1)
     assert bad_field.status_code == 422
-    assert "body.student.channels" in bad_field.json()["detail"]
+    assert "student.channels" in bad_field.json()["detail"]
 
     accepted = submit("flat", channels=8)
     assert accepted.status_code == 202, accepted.text

@@ -2,15 +2,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
-from store.models import Blob, DatasetRecord
+from store.models import Artifact, Blob, DatasetRecord, JobStatus
 from store.settings import Settings
-from tests.api.factories import Tenancy, npz_bytes
+from tests.api.factories import Tenancy, create_job, npz_bytes
 
 
 def _stored_files(settings: Settings) -> list[Path]:
@@ -126,3 +128,82 @@ def test_delete_hides_a_dataset(client: TestClient, alice: Tenancy) -> None:
     ds = r.json()["id"]
     assert client.delete(f"/v1/datasets/{ds}", headers=alice.headers).status_code == 204
     assert client.get(f"/v1/datasets/{ds}", headers=alice.headers).status_code == 404
+
+
+# What each kind needs besides its file, as query parameters of a raw upload.
+RAW_UPLOADS = {"teachers": "input_shape=1,8,8&num_classes=4", "datasets": "filename=d.npz"}
+
+
+@pytest.mark.parametrize("kind", ["teachers", "datasets"])
+def test_teachers_and_datasets_share_one_lifecycle(
+    client: TestClient, alice: Tenancy, bob: Tenancy, kind: str
+) -> None:
+    what = kind[:-1]
+
+    def upload(content: bytes) -> dict[str, Any]:
+        r = client.post(
+            f"/v1/{kind}?{RAW_UPLOADS[kind]}",
+            content=content,
+            headers={**alice.headers, "content-type": "application/octet-stream"},
+        )
+        assert r.status_code == 201, r.text
+        assert r.json()["status"] == "validating"
+        body: dict[str, Any] = r.json()
+        return body
+
+    first, second = upload(b"first file"), upload(b"second file")
+    page = client.get(f"/v1/{kind}?limit=1", headers=alice.headers).json()
+    assert [row["id"] for row in page["items"]] == [second["id"]]  # newest first
+    rest = client.get(f"/v1/{kind}?cursor={page['next_cursor']}", headers=alice.headers).json()
+    assert ([row["id"] for row in rest["items"]], rest["next_cursor"]) == ([first["id"]], None)
+    got = client.get(f"/v1/{kind}/{first['id']}", headers=alice.headers).json()
+    assert _untimed(got) == _untimed(first)
+    assert client.get(f"/v1/{kind}", headers=bob.headers).json()["items"] == []
+
+    theirs = client.get(f"/v1/{kind}/{first['id']}", headers=bob.headers)
+    assert (theirs.status_code, theirs.json()["detail"]) == (404, f"no {what} {first['id']}")
+    malformed = client.delete(f"/v1/{kind}/nope", headers=alice.headers)
+    assert (malformed.status_code, malformed.json()["detail"]) == (404, f"no {what} 'nope'")
+
+    assert client.delete(f"/v1/{kind}/{first['id']}", headers=alice.headers).status_code == 204
+    assert client.get(f"/v1/{kind}/{first['id']}", headers=alice.headers).status_code == 404
+    assert client.delete(f"/v1/{kind}/{first['id']}", headers=alice.headers).status_code == 404
+    listed = client.get(f"/v1/{kind}", headers=alice.headers).json()["items"]
+    assert [row["id"] for row in listed] == [second["id"]]
+
+
+def test_promoting_a_finished_job_shares_its_exported_student(
+    client: TestClient, alice: Tenancy, sessions: sessionmaker[Session]
+) -> None:
+    sha = "ab" * 32
+    with sessions() as s, s.begin():
+        job = create_job(s, alice.id, status=JobStatus.succeeded, name="small one")
+        s.add(
+            Artifact(
+                job_id=job.id, name="student.safetensors", uri="file:///job/x", size=10, sha256=sha
+            )
+        )
+        job_id, student = job.id, job.student
+
+    first = client.post("/v1/teachers", headers=alice.headers, json={"from_job": str(job_id)})
+    again = client.post(
+        "/v1/teachers", headers=alice.headers, json={"from_job": str(job_id), "name": "again"}
+    )
+
+    assert first.status_code == again.status_code == 201, first.text
+    body = first.json()
+    assert (body["status"], body["name"], body["source_job_id"]) == (
+        "validating",
+        "small one",
+        str(job_id),
+    )
+    assert (body["arch"], body["input_shape"], body["num_classes"]) == (student, [1, 8, 8], 4)
+    assert (body["size"], body["sha256"]) == (10, sha)
+    assert again.json()["name"] == "again"
+    with sessions() as s:  # both teachers share the job's file, which stays where it is
+        blobs = s.scalars(select(Blob).where(Blob.sha256 == sha)).all()
+        assert [b.uri for b in blobs] == ["file:///job/x"]
+
+
+def _untimed(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in ("created_at", "updated_at")}

@@ -59,6 +59,29 @@ def test_datasets_upload_list_get(tmp_path: Path) -> None:
     assert json.loads(got.stdout)["sha256"] == dataset["sha256"]
 
 
+def test_teachers_list_and_delete(tmp_path: Path) -> None:
+    weights = write_file(tmp_path / "t.safetensors", 512, seed=5)
+    args = ["teachers", "upload", str(weights), "--input-shape", "1,8,8", "--classes", "10"]
+    up = runner.invoke(app, [*args, "--arch", str(DIGITS / "teacher.json"), "--name", "wide"])
+    assert up.exit_code == 0, up.output
+    teacher = json.loads(up.stdout)["id"]
+
+    table = runner.invoke(app, ["teachers", "list"])
+    assert table.exit_code == 0, table.output
+    assert teacher in table.stdout
+    assert "wide" in table.stdout
+    assert "validating" in table.stdout
+
+    deleted = runner.invoke(app, ["teachers", "delete", teacher])
+    assert deleted.exit_code == 0, deleted.output
+    assert f"deleted teacher {teacher}" in deleted.stderr
+    assert json.loads(runner.invoke(app, ["teachers", "list", "--json"]).stdout) == []
+    gone = runner.invoke(app, ["teachers", "get", teacher])
+    assert gone.exit_code == 2
+    assert f"no teacher {teacher}" in gone.stderr
+    assert "HTTP 404 not_found" in gone.stderr
+
+
 def test_teachers_upload_wait_reports_an_invalid_teacher(
     tmp_path: Path, server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -203,8 +226,8 @@ def test_an_unreachable_server_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_every_remote_command_has_help() -> None:
     for group, commands in {
-        "teachers": ["upload", "promote", "list", "get"],
-        "datasets": ["upload", "list", "get"],
+        "teachers": ["upload", "promote", "list", "get", "delete"],
+        "datasets": ["upload", "list", "get", "delete"],
         "jobs": ["submit", "watch", "get", "list", "cancel", "download", "report"],
     }.items():
         for command in commands:

@@ -69,6 +69,18 @@ def test_upload_dataset_round_trip(kd: KDServeClient, tmp_path: Path) -> None:
     assert kd.get_dataset(dataset["id"])["sha256"] == dataset["sha256"]
 
 
+def test_teachers_datasets_and_jobs_by_kind(kd: KDServeClient, tmp_path: Path) -> None:
+    dataset = kd.upload_dataset(write_file(tmp_path / "k.npz", 64, seed=3))
+
+    assert kd.get_resource("datasets", dataset["id"])["sha256"] == dataset["sha256"]
+    assert [d["id"] for d in kd.list_resources("datasets")] == [dataset["id"]]
+    assert kd.list_resources("teachers") == kd.list_resources("jobs") == []
+    kd.delete_upload("datasets", dataset["id"])
+    assert kd.list_datasets() == []
+    with pytest.raises(ValueError, match="kind must be teachers, datasets or jobs"):
+        kd.get_resource("models", "x")  # type: ignore[arg-type]
+
+
 def test_invalid_job_is_a_422_problem(kd: KDServeClient, tmp_path: Path) -> None:
     dataset = kd.upload_dataset(write_file(tmp_path / "d.npz", 64))
     with pytest.raises(KDServeAPIError) as exc:

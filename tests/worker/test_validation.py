@@ -160,7 +160,7 @@ def test_a_torchscript_teacher_needs_code_checkpoints_enabled(env: Env) -> None:
 def test_an_upload_missing_from_storage_is_invalid(env: Env) -> None:
     teacher_id = add_teacher(env, state_dict_bytes(teacher_model()))
     with env.sessions() as s:
-        uploaded = AssetRepository(s).teacher_with_blob(teacher_id)
+        uploaded = AssetRepository(s).with_blob(Teacher, teacher_id)
         assert uploaded is not None
         assert uploaded.blob is not None
     env.store.delete(uploaded.blob.uri)
