@@ -5,7 +5,6 @@ submission like a built-in one."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import pytest
@@ -66,10 +65,10 @@ def build_toy(spec: ToySpec, input_shape: Shape, num_classes: int) -> nn.Module:
 
 
 @pytest.fixture
-def toynet(monkeypatch: pytest.MonkeyPatch) -> Iterator[Family]:
+def toynet(monkeypatch: pytest.MonkeyPatch) -> Family:
     # A private copy of the registry, so the toy family does not outlive this test.
     monkeypatch.setattr(contract_registry, "_FAMILIES", dict(contract_registry._FAMILIES))
-    yield register_family(Family("toynet", spec=ToySpec, shapes=toy_shapes, build=build_toy))
+    return register_family(Family("toynet", spec=ToySpec, shapes=toy_shapes, build=build_toy))
 
 
 def test_a_registered_family_parses_lists_checks_and_builds(toynet: Family) -> None:

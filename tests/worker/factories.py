@@ -16,8 +16,8 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from torch import nn
 
-from kdcore.data import Dataset
 from kdcore.contract import Spec
+from kdcore.data import Dataset
 from kdcore.models import build_model
 from store.blobs import BlobStore
 from store.db import transaction

@@ -1,4 +1,4 @@
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 import torch
@@ -15,7 +15,7 @@ from kdcore.contract import (
 from kdcore.hooks import get_layer
 from kdcore.models import build_model
 
-EXAMPLES = {
+EXAMPLES: dict[str, dict[str, Any]] = {
     "mlp-teacher": {"family": "mlp", "hidden": [1200, 1200], "dropout": 0.2},
     "mlp-student": {"family": "mlp", "hidden": [800, 800]},
     "resnet8x4": {"family": "resnet", "depth": 8, "width": 4},
@@ -145,5 +145,5 @@ def test_a_spec_class_must_accept_its_family_name() -> None:
         family: Literal["other"]
 
     with pytest.raises(ValueError, match="Literal\\['toy'\\]"):
-        register_family(Family("toy", spec=Other, shapes=lambda *_: {}, build=lambda *_: None))
+        register_family(Family("toy", spec=Other, shapes=lambda *_: {}, build="nowhere:build"))
     assert "toy" not in registered_families()
