@@ -116,14 +116,17 @@ def teachers_upload(
     api_key: KeyOpt = None,
 ) -> None:
     """Upload a teacher (streamed); prints it as JSON."""
-    with _remote(url, api_key) as kd:
-        spec = _read_json(arch, "architecture") if arch else None
-        teacher = kd.upload_teacher(
+    spec = _read_json(arch, "architecture") if arch else None
+    _add_upload(
+        "teacher",
+        lambda kd: kd.upload_teacher(
             file, arch=spec, input_shape=input_shape, num_classes=classes, name=name
-        )
-        if wait:
-            teacher = _wait_valid(kd, "teacher", teacher, timeout)
-    _print_asset(teacher, "teacher")
+        ),
+        wait=wait,
+        timeout=timeout,
+        url=url,
+        api_key=api_key,
+    )
 
 
 @teachers_app.command("promote")
@@ -136,11 +139,14 @@ def teachers_promote(
     api_key: KeyOpt = None,
 ) -> None:
     """Make a succeeded job's student a teacher; prints it as JSON."""
-    with _remote(url, api_key) as kd:
-        teacher = kd.teacher_from_job(job_id, name=name)
-        if wait:
-            teacher = _wait_valid(kd, "teacher", teacher, timeout)
-    _print_asset(teacher, "teacher")
+    _add_upload(
+        "teacher",
+        lambda kd: kd.teacher_from_job(job_id, name=name),
+        wait=wait,
+        timeout=timeout,
+        url=url,
+        api_key=api_key,
+    )
 
 
 TEACHER_COLUMNS = ("id", "name", "status", "format", "input", "classes", "params", "size")
@@ -179,11 +185,14 @@ def datasets_upload(
     api_key: KeyOpt = None,
 ) -> None:
     """Upload a dataset (streamed); prints it as JSON."""
-    with _remote(url, api_key) as kd:
-        dataset = kd.upload_dataset(file, name=name)
-        if wait:
-            dataset = _wait_valid(kd, "dataset", dataset, timeout)
-    _print_asset(dataset, "dataset")
+    _add_upload(
+        "dataset",
+        lambda kd: kd.upload_dataset(file, name=name),
+        wait=wait,
+        timeout=timeout,
+        url=url,
+        api_key=api_key,
+    )
 
 
 DATASET_COLUMNS = ("id", "name", "status", "samples", "input", "classes", "size")
@@ -419,6 +428,23 @@ def _remote(url: str | None, api_key: str | None) -> Iterator[KDServeClient]:
     except (KDServeClientError, ValueError, FileNotFoundError, TimeoutError) as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
+
+
+def _add_upload(
+    what: str,
+    send: Callable[[KDServeClient], dict[str, Any]],
+    *,
+    wait: bool,
+    timeout: float,
+    url: str | None,
+    api_key: str | None,
+) -> None:
+    """Send one upload (or promotion), wait for its validation if asked, print it."""
+    with _remote(url, api_key) as kd:
+        row = send(kd)
+        if wait:
+            row = _wait_valid(kd, what, row, timeout)
+    _print_asset(row, what)
 
 
 def _wait_valid(

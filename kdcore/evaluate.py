@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import itertools
 import statistics
 import time
 from typing import TYPE_CHECKING
@@ -96,7 +97,15 @@ def measure_speed(
     ops swing by orders of magnitude while one thread stays steady. Throughput uses torch's
     thread count, recorded with it.
     """
-    cpu = copy.deepcopy(model).cpu().eval()
+    # A model already on the CPU is timed as it is: torch.export graphs can be neither
+    # deep-copied nor switched with .eval() (a frozen teacher is in eval mode already).
+    on_gpu = any(
+        t.device.type != "cpu" for t in itertools.chain(model.parameters(), model.buffers())
+    )
+    cpu = copy.deepcopy(model).cpu() if on_gpu else model
+    was_training = cpu.training
+    if was_training:
+        cpu.eval()
     one = torch.zeros(1, *input_shape)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -108,14 +117,18 @@ def measure_speed(
             t0 = time.perf_counter()
             cpu(one)
             times.append(time.perf_counter() - t0)
+        batch = torch.zeros(batch_size, *input_shape)
     finally:
         torch.set_num_threads(threads)
-    batch = torch.zeros(batch_size, *input_shape)
-    cpu(batch)
-    n, t0 = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - t0) < min_seconds or n == 0:
+    try:
         cpu(batch)
-        n += batch_size
+        n, t0 = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < min_seconds or n == 0:
+            cpu(batch)
+            n += batch_size
+    finally:
+        if was_training:
+            cpu.train()
     return Speed(
         latency_ms=statistics.median(times) * 1000,
         throughput=n / elapsed,

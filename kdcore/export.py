@@ -41,7 +41,7 @@ from kdcore.contract import Spec, parse_arch
 from kdcore.data.normalizer import Normalizer, normalize
 from kdcore.files import atomic_write
 from kdcore.models import build_model
-from kdcore.weights import WeightsError, load_state_dict, load_weights_into
+from kdcore.weights import RAW_INPUT_MARK, WeightsError, load_state_dict, load_weights_into
 
 __all__ = [
     "FORMATS",
@@ -310,7 +310,7 @@ def _write_torchscript(_b: nn.Module, wrapped: Preprocessed, meta: StudentMeta, 
     with torch.no_grad():
         # Tracing is checked below by reloading the file on another batch size.
         traced = torch.jit.trace(wrapped, example, check_trace=False)
-    torch.jit.save(traced, str(path))
+    torch.jit.save(traced, str(path), _extra_files={RAW_INPUT_MARK: json.dumps(meta.preprocess)})
     _verify("TorchScript", wrapped, meta, torch.jit.load(str(path), map_location="cpu"))
 
 
@@ -318,7 +318,7 @@ def _write_pt2(_b: nn.Module, wrapped: Preprocessed, meta: StudentMeta, path: Pa
     example = _raw_batch(meta, 2)  # not 1: torch.export specializes sizes 0 and 1
     batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(wrapped, (example,), dynamic_shapes=({0: batch},))
-    torch.export.save(program, path)
+    torch.export.save(program, path, extra_files={RAW_INPUT_MARK: json.dumps(meta.preprocess)})
     _verify("torch.export", wrapped, meta, torch.export.load(path).module())
 
 

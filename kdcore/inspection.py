@@ -41,11 +41,14 @@ def inspect_model(model: nn.Module, input_shape: tuple[int, ...] | list[int]) ->
     """
     shapes: dict[str, list[int]] = {}
     handles = []
+
     # TorchScript modules refuse forward hooks, so no layer of theirs is listed (none can be a
     # FitNets hint either); parameters and MACs still count, since the ops go through aten.
-    hookable = not isinstance(model, torch.jit.ScriptModule)
+    def hookable(module: nn.Module) -> bool:
+        return not isinstance(module, torch.jit.ScriptModule)
+
     for path, module in model.named_modules():
-        if path and hookable:
+        if path and hookable(module):
             handles.append(module.register_forward_hook(_shape_hook(path, shapes)))
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     was_training = model.training
@@ -69,7 +72,7 @@ def inspect_model(model: nn.Module, input_shape: tuple[int, ...] | list[int]) ->
             macs=int(sum(flops.get(f"{root}.{path}", {}).values()) // 2),
         )
         for path, module in model.named_modules()
-        if path and hookable
+        if path and hookable(module)
     ]
     return ModelSummary(
         input_shape=list(input_shape),

@@ -95,7 +95,7 @@ def run(
     report = build_report(
         method=config.method,
         student=result.student,
-        teacher=teacher_model,
+        teacher=result.teacher,
         train_samples=n_train,
         eval_data=result.val_data,
         input_shape=train_data.input_shape,

@@ -36,6 +36,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from kdcore.contract import Spec
+from kdcore.data import Normalizer
 from kdcore.models import build_model
 
 __all__ = [
@@ -355,28 +356,64 @@ def load_model(
             "loaded. The operator must enable code checkpoints (KDSERVE_ALLOW_CODE_CHECKPOINTS) "
             "or you can send safetensors / a state dict plus an architecture spec"
         )
-    model = _load_torchscript(path) if fmt == "torchscript" else _load_exported(path)
+    model, raw = _load_torchscript(path) if fmt == "torchscript" else _load_exported(path)
+    if raw:
+        model = RawInputProgram(model)
     _check_outputs(model, path, input_shape, num_classes)
     return model
 
 
-def _load_torchscript(path: Path) -> nn.Module:
+# Written by kdcore.export into its TorchScript and .pt2 files: the program normalizes its
+# input itself (it holds the student.json preprocessing), so it takes raw samples.
+RAW_INPUT_MARK = "kdserve-raw-input.json"
+
+
+class RawInputProgram(nn.Module):
+    """A code checkpoint that preprocesses its own input, as kdserve's own graph exports do.
+
+    It takes raw samples (as the dataset stores them, as floats), while kdcore feeds a
+    teacher normalized ones: :meth:`fed_normalized` gives the teacher as training calls it,
+    mapping the batch back with the job's :class:`~kdcore.data.Normalizer`, so teacher and
+    student still see the same (augmented) pixels.
+    """
+
+    def __init__(self, program: nn.Module, normalizer: Normalizer | None = None) -> None:
+        super().__init__()
+        self.program = program
+        self.normalizer = normalizer
+
+    def fed_normalized(self, normalizer: Normalizer) -> RawInputProgram:
+        """The same program on normalized batches; frozen like this one."""
+        fed = RawInputProgram(self.program, normalizer)
+        fed.training = self.training  # not .train(): torch.export graphs refuse it
+        return fed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.normalizer is not None:
+            x = self.normalizer.invert(x)  # (B, ...) raw values
+        out: torch.Tensor = self.program(x)
+        return out
+
+
+def _load_torchscript(path: Path) -> tuple[nn.Module, bool]:
+    extra = {RAW_INPUT_MARK: ""}
     try:
-        module: nn.Module = torch.jit.load(str(path), map_location="cpu")
+        module: nn.Module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except RuntimeError as exc:
         raise WeightsError(
             f"{path.name} could not be loaded as TorchScript ({_first_line(exc)}); it may be "
             "truncated or saved by a newer torch: upload it again"
         ) from exc
-    return module
+    return module, bool(extra[RAW_INPUT_MARK])
 
 
-def _load_exported(path: Path) -> nn.Module:
+def _load_exported(path: Path) -> tuple[nn.Module, bool]:
+    extra = {RAW_INPUT_MARK: ""}
     try:
         # A file object, not the path: torch warns about (and takes another code path for)
         # names that do not end in .pt2, and uploads get arbitrary names.
         with path.open("rb") as f:
-            program = torch.export.load(f)
+            program = torch.export.load(f, extra_files=extra)
     except Exception as exc:  # the file runs its own code here: it can raise anything
         if isinstance(exc, MemoryError):
             raise
@@ -384,15 +421,16 @@ def _load_exported(path: Path) -> nn.Module:
             f"{path.name} could not be loaded as a torch.export program ({_first_line(exc)}); "
             "it may be truncated or saved by an incompatible torch: upload it again"
         ) from exc
+    raw = bool(extra[RAW_INPUT_MARK])
     try:
-        return torch.export.unflatten(program)
+        return torch.export.unflatten(program), raw
     except Exception as exc:  # any failure here has the same fallback
         warnings.warn(
             f"could not unflatten {path.name} ({_first_line(exc)}); using the flat graph, "
             "where middle layers cannot be hooked: FitNets hints on this teacher will fail",
             stacklevel=3,
         )
-        return program.module()
+        return program.module(), raw
 
 
 def _check_outputs(

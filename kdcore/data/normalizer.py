@@ -40,6 +40,13 @@ def normalize(x: torch.Tensor, scale: float, mean: torch.Tensor, std: torch.Tens
     return (x * scale - mean) / std
 
 
+def denormalize(
+    x: torch.Tensor, scale: float, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
+    """The inverse of :func:`normalize`: ``(x * std + mean) / scale``."""
+    return (x * std + mean) / scale
+
+
 @dataclass(frozen=True)
 class Normalizer:
     """Maps raw batches to ``((x * scale) - mean) / std`` in float32.
@@ -131,6 +138,11 @@ class Normalizer:
             mean, std = self.stats(tuple(x.shape[1:]))
             cached = self._cache[key] = (mean.to(x.device), std.to(x.device))
         return normalize(x.to(torch.float32), self.scale, *cached)
+
+    def invert(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw float samples back from a normalized batch (augmented or not)."""
+        mean, std = self.stats(tuple(x.shape[1:]))
+        return denormalize(x, self.scale, mean.to(x.device), std.to(x.device))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form, for checkpoints and exports."""

@@ -34,7 +34,7 @@ from kdcore.train.checkpoint import (
     start_or_resume,
 )
 from kdcore.train.stages import Batch, Context, Stage, start_stage
-from kdcore.weights import is_frozen
+from kdcore.weights import RawInputProgram, is_frozen
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,7 @@ class Diverged(Exception):
 @dataclass
 class TrainResult:
     student: nn.Module
+    teacher: nn.Module | None  # as training called it: on normalized batches
     normalizer: Normalizer
     val_data: Dataset | None
     history: list[dict[str, Any]]
@@ -147,6 +148,8 @@ def train(
 
     torch.manual_seed(config.seed)
     student = build_model(spec, train_data.input_shape, train_data.num_classes).to(device)
+    if isinstance(teacher, RawInputProgram):  # it preprocesses raw samples itself
+        teacher = teacher.fed_normalized(normalizer)
     if teacher is not None:
         teacher = teacher.to(device)
         _check_teacher(teacher, train_data, normalizer, device)
@@ -177,6 +180,7 @@ def train(
     student.eval()
     return TrainResult(
         student=student,
+        teacher=teacher,
         normalizer=normalizer,
         val_data=val_data,
         history=state.history,

@@ -128,3 +128,47 @@ def test_student_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     sb, _ = load_student(tmp_path / "b")
     for x, y in zip(sa.state_dict().values(), sb.state_dict().values(), strict=True):
         assert torch.equal(x, y)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+@pytest.mark.parametrize("graph", ["student.torchscript.pt", "student.pt2"])
+def test_kdserves_own_graph_export_is_a_teacher_like_its_weights(
+    tmp_path: Path, graph: str
+) -> None:
+    """kdserve's TorchScript and .pt2 files normalize raw samples themselves: as a teacher
+    they must score what the same weights score, not see the data normalized twice."""
+    exported = tmp_path / "teacher"
+    run(
+        spec=cnn(16),
+        config=DistillConfig(**config(epochs=3)),
+        data=image_data(),
+        out_dir=exported,
+        formats=("safetensors", "torchscript", "pt2"),
+    )
+    data, val = image_data(seed=0), image_data(n=64, seed=1)
+    kd = DistillConfig(**config(method="kd", epochs=1, augment="flip"))
+    reports = {
+        name: run(
+            spec=cnn(4),
+            config=kd,
+            data=data,
+            val=val,
+            out_dir=tmp_path / name,
+            teacher=teacher,
+            formats=("safetensors",),
+        )
+        for name, teacher in {
+            "weights": TeacherFile(exported / "student.safetensors", cnn(16)),
+            "graph": TeacherFile(exported / graph, allow_code=True),
+        }.items()
+    }
+    by_weights, by_graph = reports["weights"].teacher, reports["graph"].teacher
+    assert by_weights is not None
+    assert by_graph is not None
+    assert by_weights.accuracy is not None
+    assert by_weights.accuracy > 0.5
+    assert by_graph.accuracy == by_weights.accuracy
+    assert by_graph.nll == pytest.approx(by_weights.nll, abs=1e-3)
+    assert reports["graph"].student.accuracy == pytest.approx(
+        reports["weights"].student.accuracy, abs=0.05
+    )
