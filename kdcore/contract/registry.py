@@ -116,7 +116,7 @@ def registered_families() -> Mapping[str, Family]:
 
 def get_family(name: str) -> Family:
     """Raises: SpecError: unknown name (the message lists the valid ones)."""
-    family = _FAMILIES.get(name)
+    family = _FAMILIES.get(name) if isinstance(name, str) else None
     if family is None:
         raise SpecError(
             f"unknown family {name!r}; valid families: {', '.join(sorted(_FAMILIES))}",
@@ -132,7 +132,7 @@ def _validate(value: Any) -> Spec:
     if not isinstance(value, dict):
         raise ValueError('an architecture spec is a JSON object such as {"family": "mlp", ...}')
     name = value.get("family")
-    if name not in _FAMILIES:
+    if not isinstance(name, str) or name not in _FAMILIES:
         raise ValueError(f"unknown family {name!r}; valid families: {', '.join(sorted(_FAMILIES))}")
     return _FAMILIES[name].spec.model_validate(value)
 

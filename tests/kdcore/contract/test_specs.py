@@ -2,8 +2,10 @@ from typing import Any, Literal
 
 import pytest
 import torch
+from pydantic import TypeAdapter, ValidationError
 
 from kdcore.contract import (
+    ArchSpec,
     Family,
     Spec,
     SpecError,
@@ -84,6 +86,14 @@ def test_maxout_layers() -> None:
 def test_unknown_family_lists_valid_ones() -> None:
     with pytest.raises(SpecError, match="valid families: cnn, mlp, resnet, wrn"):
         parse_arch({"family": "vit"})
+
+
+@pytest.mark.parametrize("family", [{}, ["cnn"], None, 3])
+def test_a_family_that_is_not_a_name_is_refused(family: object) -> None:
+    with pytest.raises(SpecError, match="valid families"):
+        parse_arch({"family": family})
+    with pytest.raises(ValidationError, match="valid families"):
+        TypeAdapter(ArchSpec).validate_python({"family": family})
 
 
 def test_unknown_layer_type_lists_valid_ones() -> None:
