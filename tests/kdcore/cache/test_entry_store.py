@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,9 @@ def test_fp16_storage_changes_the_kd_loss_by_a_tiny_amount(
     assert worst < 5e-4
 
 
-def _counting_build(teacher: nn.Module, data: Dataset) -> tuple[list[int], object]:
+def _counting_build(
+    teacher: nn.Module, data: Dataset
+) -> tuple[list[int], Callable[[], TeacherOutputs]]:
     calls = [0]
 
     def build() -> TeacherOutputs:
@@ -126,22 +129,22 @@ def _truncate(path: Path) -> None:
 
 @pytest.mark.parametrize("damage", [_tamper, _truncate])
 def test_a_damaged_entry_is_discarded_and_rebuilt(
-    tmp_path: Path, teacher: nn.Module, data: Dataset, damage: object
+    tmp_path: Path, teacher: nn.Module, data: Dataset, damage: Callable[[Path], None]
 ) -> None:
     store = LocalFolderCache(tmp_path)
     calls, build = _counting_build(teacher, data)
-    first, info = load_or_build(store, KEY, shape=_shape(data), build=build, save=_save)  # type: ignore[arg-type]
+    first, info = load_or_build(store, KEY, shape=_shape(data), build=build, save=_save)
     assert info.status == "miss"
     assert info.bytes > 0
-    _, info = load_or_build(store, KEY, shape=_shape(data), build=build, save=_save)  # type: ignore[arg-type]
+    _, info = load_or_build(store, KEY, shape=_shape(data), build=build, save=_save)
     assert (info.status, calls[0]) == ("hit", 1)
 
     path = store.get(KEY)
     assert path is not None
-    damage(path)  # type: ignore[operator]
+    damage(path)
     with pytest.raises(CorruptEntry):
         load_outputs(path, key=KEY, shape=_shape(data))
-    again, info = load_or_build(store, KEY, shape=_shape(data), build=build, save=_save)  # type: ignore[arg-type]
+    again, info = load_or_build(store, KEY, shape=_shape(data), build=build, save=_save)
     assert (info.status, calls[0]) == ("miss", 2)
     assert torch.equal(again.logits, first.logits)
     load_outputs(path, key=KEY, shape=_shape(data))  # valid again

@@ -30,7 +30,9 @@ def data() -> Dataset:
 def counting_teacher(data: Dataset) -> CountingTeacher:
     torch.manual_seed(1)
     inner = build_model(cnn(16), data.input_shape, data.num_classes)
-    return freeze(CountingTeacher(inner))  # type: ignore[return-value]
+    teacher = CountingTeacher(inner)
+    freeze(teacher)  # in place
+    return teacher
 
 
 def kd_config(**overrides: object) -> DistillConfig:
@@ -76,11 +78,18 @@ def test_second_run_hits_and_never_calls_the_teacher(tmp_path: Path, data: Datas
 def test_views_and_k_follow_the_config(tmp_path: Path, data: Dataset) -> None:
     request = CacheRequest(LocalFolderCache(tmp_path / "cache"), teacher_sha256=TEACHER_SHA)
     teacher = counting_teacher(data)
-    kwargs = {"spec": cnn(), "train_data": data, "teacher": teacher, "teacher_cache": request}
-    keys = {
-        train(config=kd_config(**o), out_dir=tmp_path / str(i), **kwargs).teacher_cache.key  # type: ignore[arg-type]
-        for i, o in enumerate([{}, {"seed": 1}, {"augment": "none"}, {"teacher_views": 3}])
-    }
+    keys = set()
+    variants: list[dict[str, object]] = [{}, {"seed": 1}, {"augment": "none"}, {"teacher_views": 3}]
+    for i, o in enumerate(variants):
+        result = train(
+            spec=cnn(),
+            config=kd_config(**o),
+            train_data=data,
+            teacher=teacher,
+            out_dir=tmp_path / str(i),
+            teacher_cache=request,
+        )
+        keys.add(result.teacher_cache.key)
     assert len(keys) == 4
     entries = sorted(p.stat().st_size for p in (tmp_path / "cache").iterdir())
     # 72 training samples, 4 classes, fp16: K=1 (augment none) is the smallest entry
