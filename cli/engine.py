@@ -137,6 +137,15 @@ def distill(
     ] = False,
     formats: FormatsOpt = "safetensors,torchscript,pt2,onnx",
     fresh: FreshOpt = False,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir",
+            help="Teacher cache folder, shared by jobs: the teacher's outputs on each view "
+            "are computed once, stored there, and read instead of running the teacher.",
+            file_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Distill a student from a teacher by KD or FitNets (method "kd" or "fitnet")."""
     from kdcore.pipeline import TeacherFile
@@ -155,6 +164,7 @@ def distill(
             teacher=TeacherFile(teacher, t_spec, allow_code),
             formats=formats,
             fresh=fresh,
+            cache_dir=cache_dir,
         )
 
 
@@ -306,6 +316,7 @@ def _run(
     teacher: Any,
     formats: str,
     fresh: bool,
+    cache_dir: Path | None = None,
 ) -> None:
     from kdcore.pipeline import run
 
@@ -321,8 +332,15 @@ def _run(
             on_progress=on_progress,
             resume=not fresh,
             formats=[f.strip() for f in formats.split(",") if f.strip()],
+            cache_dir=cache_dir,
         )
     print_report(report.model_dump(mode="json"))
+    cache = report.teacher_cache
+    if cache.status != "off":
+        err.print(
+            f"teacher cache {cache.status}: {cache.key} ({cache.bytes / 1e6:.1f} MB"
+            + (f", built in {cache.build_seconds:.1f} s)" if cache.status == "miss" else ")")
+        )
     err.print(f"wrote {out}/: student.safetensors, student.json, report.json, metrics.jsonl")
 
 

@@ -2,23 +2,25 @@
 
 The CLI and the service's worker both call :func:`run`; everything a job leaves behind is
 in ``out_dir``: ``student.safetensors`` + ``student.json`` and the graph exports,
-``report.json``, ``metrics.jsonl`` and ``checkpoint.pt``.
+``report.json``, ``metrics.jsonl`` and ``checkpoint.pt``. With ``cache_dir`` the teacher's
+outputs are read from (or built into) a :class:`kdcore.cache.LocalFolderCache` there.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from torch import nn
 
+from kdcore.cache import CacheRequest, LocalFolderCache, file_sha256
 from kdcore.contract import DistillConfig, Spec
 from kdcore.data import Dataset, load_dataset
 from kdcore.export import StudentMeta, export_student
 from kdcore.files import atomic_write
-from kdcore.report import Report, build_report
+from kdcore.report import Report, TeacherCacheReport, build_report
 from kdcore.train import CancelFn, ProgressFn, resolve_device, train
 from kdcore.weights import freeze, load_model
 
@@ -55,8 +57,15 @@ def run(
     should_cancel: CancelFn | None = None,
     formats: Sequence[str] = DEFAULT_FORMATS,
     resume: bool = True,
+    cache_dir: Path | None = None,
 ) -> Report:
-    """Run a job end to end and return its report (also written to ``out_dir/report.json``)."""
+    """Run a job end to end and return its report (also written to ``out_dir/report.json``).
+
+    ``cache_dir``: a folder of teacher-cache entries (:mod:`kdcore.cache`), shared by jobs;
+    None runs the teacher in the loop as before. The teacher's identity in the cache key is
+    the sha256 of its file; the data's, that of its file (or of the tensors, for a
+    :class:`Dataset` or a folder).
+    """
     train_data = data if isinstance(data, Dataset) else load_dataset(data)
     val_data = val if isinstance(val, Dataset) or val is None else load_dataset(val)
     if val_data is not None and val_data.input_shape != train_data.input_shape:
@@ -70,6 +79,13 @@ def run(
             raise ValueError(f"method {config.method!r} needs a teacher")
         teacher_model = load_teacher(teacher, train_data.input_shape, train_data.num_classes)
 
+    request = None
+    if cache_dir is not None and teacher is not None and config.uses_teacher:
+        request = CacheRequest(
+            store=LocalFolderCache(cache_dir),
+            teacher_sha256=file_sha256(teacher.path),
+            data_sha256=file_sha256(data) if isinstance(data, Path) and data.is_file() else None,
+        )
     result = train(
         spec=spec,
         config=config,
@@ -80,6 +96,7 @@ def run(
         on_progress=on_progress,
         should_cancel=should_cancel,
         resume=resume,
+        teacher_cache=request,
     )
     meta = StudentMeta(
         spec=spec,
@@ -106,6 +123,7 @@ def run(
         stage_seconds=result.stage_seconds,
         best=result.best,
         device=str(resolve_device(config.device)),
+        teacher_cache=TeacherCacheReport(**asdict(result.teacher_cache)),
     )
     with atomic_write(out_dir / REPORT_NAME) as tmp:
         tmp.write_text(json.dumps(report.model_dump(mode="json"), indent=2) + "\n")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel
@@ -33,6 +33,17 @@ class DataReport(BaseModel):
     classes: list[str]
 
 
+class TeacherCacheReport(BaseModel):
+    """What the teacher cache did (:class:`kdcore.cache.CacheInfo`): ``hit`` (a verified
+    entry was used, the teacher never ran in the KD stage), ``miss`` (the entry was built,
+    in ``build_seconds``) or ``off`` (no cache, or a method without a teacher)."""
+
+    status: Literal["hit", "miss", "off"] = "off"
+    key: str | None = None
+    bytes: int = 0
+    build_seconds: float = 0.0
+
+
 class Report(BaseModel):
     method: str
     created_at: datetime
@@ -47,6 +58,7 @@ class Report(BaseModel):
     best: dict[str, Any]
     config: dict[str, Any]
     student_spec: dict[str, Any]
+    teacher_cache: TeacherCacheReport = TeacherCacheReport()
 
 
 def describe_model(
@@ -93,6 +105,7 @@ def build_report(
     stage_seconds: dict[str, float],
     best: dict[str, Any],
     device: str,
+    teacher_cache: TeacherCacheReport | None = None,
 ) -> Report:
     t_report = t_logits = None
     if teacher is not None:
@@ -119,4 +132,5 @@ def build_report(
         best=best,
         config=config,
         student_spec=student_spec,
+        teacher_cache=teacher_cache or TeacherCacheReport(),
     )

@@ -6,6 +6,8 @@
   rest so that it can be reviewed as one piece.
 - :mod:`kdcore.data.dataset`: :class:`Dataset` in memory, its stratified split, index
   :func:`batches` and :func:`augment`.
+- :mod:`kdcore.data.views`: :class:`ViewPolicy` (augmentation as parameters drawn, then
+  applied) and :class:`ViewBank`, the fixed views the teacher cache stores outputs for.
 - :mod:`kdcore.data.normalizer`: :class:`Normalizer`, the input preprocessing shared by
   training, evaluation and exported students.
 """
@@ -13,11 +15,14 @@
 from kdcore.data.dataset import DataError, Dataset, augment, batches
 from kdcore.data.normalizer import Normalizer, normalize
 from kdcore.data.readers import load_dataset
+from kdcore.data.views import ViewBank, ViewPolicy
 
 __all__ = [
     "DataError",
     "Dataset",
     "Normalizer",
+    "ViewBank",
+    "ViewPolicy",
     "augment",
     "batches",
     "load_dataset",

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import torch
-import torch.nn.functional as F
+
+from kdcore.data.views import ViewPolicy
 
 __all__ = ["DataError", "Dataset", "augment", "batches"]
 
@@ -132,7 +133,10 @@ def augment(
     """Random crop after zero padding, and random horizontal flip, per sample.
 
     Random numbers are drawn on the CPU from ``generator`` (crop offsets first, then flips),
-    so the result depends only on the generator's state, not on ``x``'s device.
+    so the result depends only on the generator's state, not on ``x``'s device. This is
+    :meth:`ViewPolicy.draw` then :meth:`ViewPolicy.apply`, one fresh view per sample: the
+    teacher cache's view bank (:class:`kdcore.data.views.ViewBank`) applies stored views
+    with the same arithmetic.
 
     Args:
         x: ``(B, C, H, W)`` batch on any device; not modified.
@@ -146,22 +150,10 @@ def augment(
     """
     if x.ndim != 4:
         raise ValueError(f"augment needs an image batch (B, C, H, W), got {tuple(x.shape)}")
-    if crop_padding < 0:
-        raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
-    b, c, h, w = x.shape
-    out = x
-    if crop and crop_padding > 0:
-        p = crop_padding
-        offsets = torch.randint(0, 2 * p + 1, (2, b), generator=generator).to(x.device)  # (2, B)
-        padded = F.pad(x, (p, p, p, p))  # (B, C, H+2p, W+2p)
-        rows = offsets[0, :, None] + torch.arange(h, device=x.device)  # (B, H)
-        cols = offsets[1, :, None] + torch.arange(w, device=x.device)  # (B, W)
-        out = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * p))
-        out = out.gather(3, cols[:, None, None, :].expand(b, c, h, w))  # (B, C, H, W)
-    if flip:
-        mirror = (torch.rand(b, generator=generator) < 0.5).to(x.device)  # (B,)
-        out = torch.where(mirror[:, None, None, None], out.flip(3), out)
-    return out
+    policy = ViewPolicy(crop_padding=crop_padding, crop=crop, flip=flip)
+    if not policy.active:
+        return x
+    return policy.apply(x, policy.draw(x.shape[0], generator))
 
 
 def batches(

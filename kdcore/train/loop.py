@@ -8,21 +8,39 @@ Determinism: model init uses ``seed``; each epoch's shuffling and augmentation u
 generator seeded from ``(seed, stage, epoch)``; the global RNG (dropout) is saved in every
 checkpoint and restored after the resumed stage's setup. A run resumed from any epoch's
 checkpoint therefore ends with the same weights as an uninterrupted run on CPU.
+
+With a teacher cache (:class:`kdcore.cache.CacheRequest`) the KD stage's batches are built
+from the cache entry's view bank instead of random augmentations: each epoch shows each
+sample its view ``(start + epoch - 1) mod K`` (no random draw), the same view the stored
+teacher logits were computed on; shuffling still uses the epoch's generator. The entry is
+found again on resume, so a resumed run replays the same views and logits.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from kdcore.cache import (
+    CacheInfo,
+    CacheKey,
+    CacheRequest,
+    TeacherOutputs,
+    cache_key,
+    compute_outputs,
+    dataset_sha256,
+    load_or_build,
+    views_per_sample,
+)
+from kdcore.cache.entry import save_outputs
 from kdcore.contract import DistillConfig, Spec, StageName, StagePlan, plan_stages
-from kdcore.data import Dataset, Normalizer, augment, batches
+from kdcore.data import Dataset, Normalizer, ViewBank, ViewPolicy, augment, batches
 from kdcore.evaluate import predict, score
 from kdcore.models import build_model
 from kdcore.train.checkpoint import (
@@ -79,6 +97,7 @@ class TrainResult:
     history: list[dict[str, Any]]
     stage_seconds: dict[str, float]
     best: dict[str, Any]
+    teacher_cache: CacheInfo = field(default_factory=CacheInfo)
 
 
 ProgressFn = Callable[[Progress], None]
@@ -105,6 +124,7 @@ def train(
     should_cancel: CancelFn | None = None,
     resume: bool = True,
     progress_every: int = 20,
+    teacher_cache: CacheRequest | None = None,
 ) -> TrainResult:
     """Train a student by ``config.method`` and return it with its history.
 
@@ -120,6 +140,8 @@ def train(
         should_cancel: polled between steps; returning True raises :class:`Canceled`.
         resume: continue from ``out_dir/checkpoint.pt`` when it exists.
         progress_every: steps between step reports.
+        teacher_cache: read the teacher's logits from this cache (built on a miss) instead
+            of running the teacher in the KD stage; ignored for ``scratch``.
 
     Raises:
         Canceled, Diverged, ValueError (bad layers or shapes, a teacher missing or not
@@ -134,8 +156,12 @@ def train(
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
+    split = val_data is None and config.val_split > 0
+    data_sha256 = None
+    if teacher_cache is not None and config.uses_teacher:  # the data before the split
+        data_sha256 = teacher_cache.data_sha256 or dataset_sha256(train_data)
 
-    if val_data is None and config.val_split > 0:
+    if split:
         train_data, val_data = train_data.split(config.val_split, seed=config.seed)
     if val_data is not None and len(val_data) == 0:
         val_data = None
@@ -150,21 +176,27 @@ def train(
     student = build_model(spec, train_data.input_shape, train_data.num_classes).to(device)
     if isinstance(teacher, RawInputProgram):  # it preprocesses raw samples itself
         teacher = teacher.fed_normalized(normalizer)
-    if teacher is not None:
-        teacher = teacher.to(device)
-        _check_teacher(teacher, train_data, normalizer, device)
+    ctx = Context(
+        config=config,
+        device=device,
+        x=train_data.x.to(device),
+        y=train_data.y.to(device),
+        normalizer=normalizer,
+        student=student,
+        teacher=teacher.to(device) if teacher is not None else None,
+    )
+    cache_info = CacheInfo()
+    if ctx.teacher is not None and teacher_cache is not None and data_sha256 is not None:
+        outputs, cache_info = _teacher_outputs(
+            ctx, train_data, teacher_cache, data_sha256=data_sha256, split=split
+        )
+        ctx = replace(ctx, teacher_outputs=outputs.to(device))
+    elif ctx.teacher is not None:
+        _check_teacher(ctx.teacher, train_data, normalizer, device)
 
     state, saved = start_or_resume(out_dir, student, device, resume=resume)
     driver = _Driver(
-        ctx=Context(
-            config=config,
-            device=device,
-            x=train_data.x.to(device),
-            y=train_data.y.to(device),
-            normalizer=normalizer,
-            student=student,
-            teacher=teacher,
-        ),
+        ctx=ctx,
         plan=plan_stages(config),
         state=state,
         spec=spec,
@@ -180,12 +212,56 @@ def train(
     student.eval()
     return TrainResult(
         student=student,
-        teacher=teacher,
+        teacher=ctx.teacher,
         normalizer=normalizer,
         val_data=val_data,
         history=state.history,
         stage_seconds=state.stage_seconds,
         best=state.best,
+        teacher_cache=cache_info,
+    )
+
+
+def _teacher_outputs(
+    ctx: Context, data: Dataset, request: CacheRequest, *, data_sha256: str, split: bool
+) -> tuple[TeacherOutputs, CacheInfo]:
+    """The teacher's logits on the run's view bank, from the cache or built into it.
+
+    ``data``: the training part; ``data_sha256``: the data before the split; ``split``:
+    whether ``val_split`` of it was held out.
+
+    On a hit the teacher is not called at all (not even the shape check: the entry's shape
+    is checked instead, and the key names the teacher and data that passed it).
+    """
+    assert ctx.teacher is not None
+    teacher, config = ctx.teacher, ctx.config
+    policy = ViewPolicy.from_augment(config.augment, config.crop_padding, images=data.x.ndim == 4)
+    k = views_per_sample(config, policy)
+    inputs = CacheKey(
+        teacher_sha256=request.teacher_sha256,
+        data_sha256=data_sha256,
+        val_split=config.val_split if split else 0.0,
+        split_seed=config.seed if split else 0,
+        normalizer=ctx.normalizer.to_dict(),
+        augment=config.augment,
+        crop_padding=config.crop_padding,
+        views_seed=config.seed,
+        views=k,
+        precision=config.precision,
+        tenant=request.tenant,
+    )
+    key = cache_key(inputs)
+
+    def build() -> TeacherOutputs:
+        _check_teacher(teacher, data, ctx.normalizer, ctx.device)
+        bank = ViewBank.draw(policy, len(data), k, inputs.views_seed)
+        return compute_outputs(teacher, ctx.x, ctx.normalizer, bank, autocast=ctx.autocast)
+
+    def save(path: Path, outputs: TeacherOutputs) -> None:
+        save_outputs(path, outputs, key=key, inputs=inputs.canonical_json())
+
+    return load_or_build(
+        request.store, key, shape=(len(data), k, data.num_classes), build=build, save=save
     )
 
 
@@ -248,7 +324,7 @@ class _Driver:
         for step, idx in enumerate(self._batches(gen), start=1):
             if self.should_cancel is not None and self.should_cancel():
                 raise Canceled(f"canceled in stage {stage.name!r}, epoch {epoch}")
-            batch = Batch(idx=idx, x=self._inputs(idx, gen), y=self.ctx.y[idx])
+            batch = self._batch(stage, idx, epoch, gen)
             with self.ctx.autocast():
                 loss, parts = stage.loss(batch)
             if not torch.isfinite(loss):
@@ -287,6 +363,16 @@ class _Driver:
         n, size = len(self.ctx.y), self.ctx.config.batch_size
         for idx in batches(n, size, shuffle=True, generator=gen):
             yield idx.to(self.ctx.device)
+
+    def _batch(self, stage: Stage, idx: torch.Tensor, epoch: int, gen: torch.Generator) -> Batch:
+        """The batch of samples ``idx``: from the stage's view bank when it trains on cached
+        teacher outputs (the epoch's view of each sample), else randomly augmented."""
+        if stage.cached is None:
+            return Batch(idx=idx, x=self._inputs(idx, gen), y=self.ctx.y[idx])
+        bank = stage.cached.bank
+        view = bank.choose(idx, epoch)  # (B,)
+        xb = bank.apply(self.ctx.normalizer(self.ctx.x[idx]), idx, view)  # (B, ...) float32
+        return Batch(idx=idx, x=xb, y=self.ctx.y[idx], view=view)
 
     def _inputs(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         xb = self.ctx.normalizer(self.ctx.x[idx])  # (B, ...) float32

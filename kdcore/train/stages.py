@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from kdcore.cache import TeacherOutputs
 from kdcore.contract import DistillConfig, StageName, StagePlan
 from kdcore.data import Normalizer
 from kdcore.hooks import FeatureTap
@@ -44,6 +45,8 @@ class Context:
     normalizer: Normalizer
     student: nn.Module
     teacher: nn.Module | None  # frozen; present for "kd" and "fitnet"
+    # From the teacher cache: the teacher's logits per sample and view, on device.
+    teacher_outputs: TeacherOutputs | None = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -67,6 +70,7 @@ class Batch:
     idx: torch.Tensor  # (B,) indices of the samples, on device
     x: torch.Tensor  # (B, ...) normalized, augmented inputs
     y: torch.Tensor  # (B,) labels
+    view: torch.Tensor | None = None  # (B,) which view of its sample each input is (bank)
 
 
 class Stage(ABC):
@@ -75,6 +79,9 @@ class Stage(ABC):
     name: ClassVar[StageName]
     validates: ClassVar[bool] = True  # score the student on validation data after each epoch
     regressor: nn.Module | None = None  # trained along with the student; checkpointed
+    # The stage trains on these outputs' view bank: the driver builds each batch from the
+    # epoch's views (Batch.view) instead of drawing random augmentations.
+    cached: TeacherOutputs | None = None
 
     def __init__(
         self,
@@ -147,7 +154,11 @@ class ScratchStage(Stage):
 
 
 class KdStage(Stage):
-    """Knowledge distillation (Hinton et al. 2015) on the whole student: see :func:`kd_loss`."""
+    """Knowledge distillation (Hinton et al. 2015) on the whole student: see :func:`kd_loss`.
+
+    With the teacher cache (``ctx.teacher_outputs``) the teacher's logits for each sample's
+    view come from the cache entry and the teacher never runs.
+    """
 
     name = "kd"
 
@@ -155,13 +166,19 @@ class KdStage(Stage):
         assert ctx.teacher is not None, "train() refuses kd without a teacher"
         self.teacher = ctx.teacher
         super().__init__(plan, ctx, ctx.student.parameters(), _main_lr(plan))
+        self.cached = ctx.teacher_outputs
         # Without augmentation each sample's teacher output never changes: compute it once.
         # (The frozen teacher draws no random numbers, so this may run before a resume
         # restores the RNG.)
-        self._logits = self._teacher_logits() if ctx.config.augment == "none" else None
+        self._logits = None
+        if self.cached is None and ctx.config.augment == "none":
+            self._logits = self._teacher_logits()
 
     def loss(self, batch: Batch) -> Loss:
-        if self._logits is not None:
+        if self.cached is not None:
+            assert batch.view is not None, "the driver builds cached stages' batches from views"
+            t_logits = self.cached.lookup(batch.idx, batch.view)  # (B, K)
+        elif self._logits is not None:
             t_logits = self._logits[batch.idx]
         else:
             # Teacher first: its activations are freed before the student's forward saves

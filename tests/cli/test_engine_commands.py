@@ -133,6 +133,58 @@ def test_distill_kd_from_a_torchscript_teacher(tmp_path: Path) -> None:
     assert report["teacher"]["macs"] > 0
 
 
+def test_distill_with_a_cache_dir_misses_then_hits(tmp_path: Path) -> None:
+    """--cache-dir: the first job builds the teacher's outputs, the second reads them."""
+    import numpy as np
+    import safetensors.torch
+    import torch
+
+    from kdcore.models import build_model
+    from tests.kdcore.factories import cnn, image_data
+
+    data = image_data(n=96)
+    np.savez(tmp_path / "d.npz", x=data.x.numpy(), y=data.y.numpy())
+    torch.manual_seed(0)
+    teacher = build_model(cnn(16), data.input_shape, data.num_classes)
+    safetensors.torch.save_file(teacher.state_dict(), str(tmp_path / "teacher.safetensors"))
+    (tmp_path / "teacher.json").write_text(cnn(16).model_dump_json())
+    cfg = tmp_path / "kd.json"
+    cfg.write_text(
+        json.dumps(
+            {"method": "kd", "epochs": 2, "batch_size": 32, "device": "cpu", "augment": "crop_flip"}
+        )
+    )
+    statuses = []
+    for out in ("a", "b"):
+        result = runner.invoke(
+            app,
+            [
+                "distill",
+                "--teacher",
+                str(tmp_path / "teacher.safetensors"),
+                "--teacher-arch",
+                str(tmp_path / "teacher.json"),
+                "--student",
+                str(DIGITS / "student.json"),
+                "--data",
+                str(tmp_path / "d.npz"),
+                "--config",
+                str(cfg),
+                "--out",
+                str(tmp_path / out),
+                "--formats",
+                "safetensors",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        report = json.loads((tmp_path / out / "report.json").read_text())
+        statuses.append(report["teacher_cache"]["status"])
+    assert statuses == ["miss", "hit"]
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 1
+
+
 def _kdserve(*args: str) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).with_name("kdserve")
     return subprocess.run(

@@ -1,0 +1,71 @@
+"""The teacher cache: a teacher's outputs computed once per view and shared between runs.
+
+- :mod:`~kdcore.cache.key`: :class:`CacheKey` and :func:`cache_key`, the content address;
+- :mod:`~kdcore.cache.entry`: :class:`TeacherOutputs`, computing them, and the one-file
+  safetensors format with its integrity check;
+- :mod:`~kdcore.cache.store`: the :class:`TeacherCache` interface, :class:`LocalFolderCache`,
+  and :func:`load_or_build`.
+
+:func:`kdcore.train.train` takes a :class:`CacheRequest`; with one, the KD stage (``kd``, and
+FitNets' second stage) reads the teacher's logits for each sample's view of the epoch from
+the entry and never runs the teacher, and the student trains on the same view. FitNets'
+hint stage still runs the teacher: hint maps are not cached yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kdcore.cache.entry import CorruptEntry, TeacherOutputs, compute_outputs, load_outputs
+from kdcore.cache.key import CACHE_FORMAT_VERSION, CacheKey, cache_key, dataset_sha256, file_sha256
+from kdcore.cache.store import CacheInfo, LocalFolderCache, TeacherCache, load_or_build
+from kdcore.contract import DistillConfig
+from kdcore.data import ViewPolicy
+
+__all__ = [
+    "CACHE_FORMAT_VERSION",
+    "CacheInfo",
+    "CacheKey",
+    "CacheRequest",
+    "CorruptEntry",
+    "LocalFolderCache",
+    "TeacherCache",
+    "TeacherOutputs",
+    "cache_key",
+    "compute_outputs",
+    "dataset_sha256",
+    "file_sha256",
+    "load_or_build",
+    "load_outputs",
+    "views_per_sample",
+]
+
+
+@dataclass(frozen=True)
+class CacheRequest:
+    """Use the teacher cache in a run.
+
+    Attributes:
+        store: where entries live.
+        teacher_sha256: the teacher file's sha256 (:func:`file_sha256`): the teacher's
+            identity in the key (the caller has the file; :func:`kdcore.train.train` only
+            sees the module).
+        data_sha256: the training data's sha256 before any split; None: hash the tensors
+            (:func:`dataset_sha256`).
+        tenant: goes into the key (:attr:`CacheKey.tenant`); the service's business.
+    """
+
+    store: TeacherCache
+    teacher_sha256: str
+    data_sha256: str | None = None
+    tenant: str | None = None
+
+
+def views_per_sample(config: DistillConfig, policy: ViewPolicy) -> int:
+    """``K`` for a run: 1 without augmentation (the sample itself), else
+    ``min(teacher_views, epochs)``: the KD stage runs ``epochs`` epochs and shows each
+    sample one view per epoch, so more views would never be seen, and the build never runs
+    the teacher more often than the in-loop teacher would have."""
+    if not policy.active:
+        return 1
+    return min(config.teacher_views, config.epochs)
