@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI
 
+from api.cache.endpoints import router as cache_router
 from api.datasets.endpoints import router as datasets_router
 from api.health.endpoints import router as health_router
 from api.jobs.endpoints import router as jobs_router
@@ -52,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_size=settings.max_upload_bytes + 1024 * 1024,
     )
     errors.install(app)
-    for router in (health_router, teachers_router, datasets_router, jobs_router):
+    for router in (health_router, teachers_router, datasets_router, jobs_router, cache_router):
         app.include_router(router)
     return app
 

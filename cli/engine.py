@@ -318,6 +318,7 @@ def _run(
     fresh: bool,
     cache_dir: Path | None = None,
 ) -> None:
+    from kdcore.cache import LocalFolderCache
     from kdcore.pipeline import run
 
     spec = _arch(student, "architecture")
@@ -332,7 +333,7 @@ def _run(
             on_progress=on_progress,
             resume=not fresh,
             formats=[f.strip() for f in formats.split(",") if f.strip()],
-            cache_dir=cache_dir,
+            teacher_cache=LocalFolderCache(cache_dir) if cache_dir is not None else None,
         )
     print_report(report.model_dump(mode="json"))
     cache = report.teacher_cache

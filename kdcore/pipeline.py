@@ -2,8 +2,9 @@
 
 The CLI and the service's worker both call :func:`run`; everything a job leaves behind is
 in ``out_dir``: ``student.safetensors`` + ``student.json`` and the graph exports,
-``report.json``, ``metrics.jsonl`` and ``checkpoint.pt``. With ``cache_dir`` the teacher's
-outputs are read from (or built into) a :class:`kdcore.cache.LocalFolderCache` there.
+``report.json``, ``metrics.jsonl`` and ``checkpoint.pt``. With a ``teacher_cache`` (a
+:class:`kdcore.cache.TeacherCache`: a :class:`~kdcore.cache.LocalFolderCache` for the CLI, the
+worker's storage for the service) the teacher's outputs are read from it or built into it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from torch import nn
 
-from kdcore.cache import CacheRequest, LocalFolderCache, file_sha256
+from kdcore.cache import CacheRequest, TeacherCache, file_sha256
 from kdcore.contract import DistillConfig, Spec
 from kdcore.data import Dataset, load_dataset
 from kdcore.export import StudentMeta, export_student
@@ -57,14 +58,16 @@ def run(
     should_cancel: CancelFn | None = None,
     formats: Sequence[str] = DEFAULT_FORMATS,
     resume: bool = True,
-    cache_dir: Path | None = None,
+    teacher_cache: TeacherCache | None = None,
+    cache_tenant: str | None = None,
 ) -> Report:
     """Run a job end to end and return its report (also written to ``out_dir/report.json``).
 
-    ``cache_dir``: a folder of teacher-cache entries (:mod:`kdcore.cache`), shared by jobs;
-    None runs the teacher in the loop as before. The teacher's identity in the cache key is
-    the sha256 of its file; the data's, that of its file (or of the tensors, for a
-    :class:`Dataset` or a folder).
+    ``teacher_cache``: where teacher-cache entries live (:mod:`kdcore.cache`), shared by
+    jobs; None runs the teacher in the loop as before. The teacher's identity in the cache
+    key is the sha256 of its file; the data's, that of its file (or of the tensors, for a
+    :class:`Dataset` or a folder). ``cache_tenant`` goes into the key
+    (:attr:`kdcore.cache.CacheKey.tenant`): the service's, so tenants never share entries.
     """
     train_data = data if isinstance(data, Dataset) else load_dataset(data)
     val_data = val if isinstance(val, Dataset) or val is None else load_dataset(val)
@@ -80,11 +83,12 @@ def run(
         teacher_model = load_teacher(teacher, train_data.input_shape, train_data.num_classes)
 
     request = None
-    if cache_dir is not None and teacher is not None and config.uses_teacher:
+    if teacher_cache is not None and teacher is not None and config.uses_teacher:
         request = CacheRequest(
-            store=LocalFolderCache(cache_dir),
+            store=teacher_cache,
             teacher_sha256=file_sha256(teacher.path),
             data_sha256=file_sha256(data) if isinstance(data, Path) and data.is_file() else None,
+            tenant=cache_tenant,
         )
     result = train(
         spec=spec,

@@ -248,3 +248,26 @@ class Artifact(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CacheEntry(Base):
+    """A teacher-cache entry (``kdcore.cache``) a tenant's jobs share: one object in storage
+    at ``tenants/<t>/cache/<key>.safetensors``. Its integrity is checked by the job that reads
+    it (the sha256 inside the file); ``sha256`` here is the object's, as uploaded."""
+
+    __tablename__ = "cache_entries"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "key"),
+        Index("ix_cache_entries_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_cache_entries_last_used", "last_used_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(64))
+    uri: Mapped[str] = mapped_column(String(1024))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    hits: Mapped[int] = mapped_column(Integer, default=0)
+    last_used_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

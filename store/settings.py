@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     max_stored_bytes_per_tenant: int = Field(default=50 * 1024 * MiB, gt=0)
     allow_code_checkpoints: bool = False
 
+    # -- the teacher cache (kdcore.cache; entries in storage, listed in cache_entries) -----
+    teacher_cache: bool = True  # false: jobs run the teacher in the loop, as without a cache
+    # Caps on the entries' bytes; an insert that goes over evicts least recently used entries.
+    teacher_cache_max_bytes_per_tenant: int = Field(default=20 * 1024 * MiB, gt=0)
+    teacher_cache_max_bytes: int = Field(default=200 * 1024 * MiB, gt=0)
+
     # -- the job sandbox (worker/sandbox) ----------------------------------------------------
     # "auto": bubblewrap namespaces where they work, else a plain child process (code
     # checkpoints refused); "bwrap": require them (jobs fail without); "process": never.

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
 import stat
 import tempfile
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -121,3 +123,22 @@ class SandboxOutput:
             if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
                 raise UnsafeOutput(f"{name} is not a plain file; it is not uploaded")
             yield f
+
+    def place(self, name: str, src: Path) -> None:
+        """Copy the worker's file ``src`` into the folder as ``name``, atomically: written to
+        a new temporary entry of the folder (``O_EXCL | O_NOFOLLOW``, so nothing the child
+        put there is followed), then renamed over ``name`` (a link there is replaced, not
+        followed)."""
+        if "/" in name or name in (".", ".."):
+            raise UnsafeOutput(f"{name!r} is not a file name")
+        tmp = f".{name}.{uuid.uuid4().hex}.in"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(tmp, flags, 0o644, dir_fd=self.fd)
+        try:
+            with os.fdopen(fd, "wb") as out, src.open("rb") as f:
+                shutil.copyfileobj(f, out, 1 << 20)
+            os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=self.fd)
+            raise

@@ -54,11 +54,12 @@ from store.models import DatasetRecord, Job, JobStatus, Teacher, utcnow
 from store.repositories.assets import AssetRepository
 from store.repositories.runs import Claim, LeaseState, NewArtifact, RunRepository
 from store.settings import Settings
+from worker.cache import JobCache
 from worker.files import SandboxOutput, UnsafeOutput, download, local_name, work_dir
 from worker.retry import DB_ERRORS, STORAGE_ERRORS, Retries, retrying
 from worker.sandbox import SandboxFailed, run_in_sandbox
 from worker.sandbox.policy import isolation_for, limits_for, teacher_input
-from worker.sandbox.protocol import FAILURES, DistillRequest
+from worker.sandbox.protocol import CACHE_DIR, FAILURES, CacheInput, DistillRequest
 
 log = logging.getLogger(__name__)
 
@@ -331,16 +332,31 @@ class _Attempt:
         box = work / "box"  # the only folder the sandbox sees
         out = box / "out"
         out.mkdir(parents=True)
-        with SandboxOutput(out) as output:  # opened before the child can touch `out`
-            return self._run(work, box, output)
+        (box / CACHE_DIR).mkdir()
+        # Both opened before the child can touch them.
+        with SandboxOutput(out) as output, SandboxOutput(box / CACHE_DIR) as cache_folder:
+            return self._run(work, box, output, cache_folder)
 
-    def _run(self, work: Path, box: Path, output: SandboxOutput) -> Outcome:
+    def _run(
+        self, work: Path, box: Path, output: SandboxOutput, cache_folder: SandboxOutput
+    ) -> Outcome:
         reporter: _Reporter | None = None
         try:
             config = parse_config(self.job.config)
             request = self._fetch_inputs(box, config)
             self._restore(box / "out")
             reporter = _Reporter(self, config, output)
+            cache = None
+            if request.cache is not None:
+                cache = JobCache(
+                    settings=self.settings,
+                    sessions=self.lease.sessions,
+                    store=self.store,
+                    tenant_id=self.job.tenant_id,
+                    folder=cache_folder,
+                    scratch=work / "cache",
+                    retries=self.retries,
+                )
             result = run_in_sandbox(
                 request,
                 box,
@@ -349,6 +365,7 @@ class _Attempt:
                 log_path=work / "sandbox.log",
                 on_progress=reporter.on_message,
                 should_cancel=self.lease.should_cancel,
+                cache=cache,
             )
             report = Report.model_validate(result)
         except SandboxFailed as exc:
@@ -428,6 +445,10 @@ class _Attempt:
             val=val,
             teacher=teacher,
             formats=list(self.formats),
+            # The tenant goes into every key: tenants never share an entry.
+            cache=CacheInput(tenant=str(self.job.tenant_id))
+            if teacher is not None and self.settings.teacher_cache
+            else None,
         )
 
     def _restore(self, out: Path) -> None:

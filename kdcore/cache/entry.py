@@ -50,6 +50,7 @@ __all__ = [
     "FORMAT",
     "CorruptEntry",
     "TeacherOutputs",
+    "Uncacheable",
     "compute_outputs",
     "load_outputs",
     "save_outputs",
@@ -58,6 +59,11 @@ __all__ = [
 FORMAT = "kdcore-teacher-cache"
 BUILD_BATCH = 512  # samples per teacher call while building: large, inference only
 _FP16_MAX = float(torch.finfo(torch.float16).max)
+
+
+class Uncacheable(ValueError):
+    """The teacher's outputs cannot be stored (not finite, or beyond float16's range): the
+    run keeps the teacher in the loop instead (:func:`kdcore.train.train`)."""
 
 
 class CorruptEntry(Exception):
@@ -102,7 +108,7 @@ def compute_outputs(
         autocast: the config's mixed-precision context.
 
     Raises:
-        ValueError: a logit does not fit in float16.
+        Uncacheable: a logit does not fit in float16.
     """
     n, k = len(x), bank.views
     bank = bank.to(x.device)
@@ -119,10 +125,7 @@ def compute_outputs(
             chunks.append(torch.stack(per_view, 1))  # (B, K, C)
     logits = torch.cat(chunks).cpu()  # (N, K, C) float32
     if not torch.isfinite(logits).all() or logits.abs().max() > _FP16_MAX:
-        raise ValueError(
-            "the teacher's logits are not finite or too large for float16 storage; "
-            "run without --cache-dir"
-        )
+        raise Uncacheable("the teacher's logits are not finite or too large for float16 storage")
     return TeacherOutputs(logits.half(), bank.to(torch.device("cpu")))
 
 

@@ -38,7 +38,7 @@ from kdcore.cache import (
     load_or_build,
     views_per_sample,
 )
-from kdcore.cache.entry import save_outputs
+from kdcore.cache.entry import Uncacheable, save_outputs
 from kdcore.contract import DistillConfig, Spec, StageName, StagePlan, plan_stages
 from kdcore.data import Dataset, Normalizer, ViewBank, ViewPolicy, augment, batches
 from kdcore.evaluate import predict, score
@@ -186,10 +186,17 @@ def train(
         teacher=teacher.to(device) if teacher is not None else None,
     )
     cache_info = CacheInfo()
+    outputs = None
     if ctx.teacher is not None and teacher_cache is not None and data_sha256 is not None:
-        outputs, cache_info = _teacher_outputs(
-            ctx, train_data, teacher_cache, data_sha256=data_sha256, split=split
-        )
+        try:
+            outputs, cache_info = _teacher_outputs(
+                ctx, train_data, teacher_cache, data_sha256=data_sha256, split=split
+            )
+        except Uncacheable:
+            # Logits fp16 cannot hold: the run is what it would be without a cache (the
+            # teacher in the loop, "off" in the report), not a failure; nothing is stored.
+            outputs = None
+    if outputs is not None:
         ctx = replace(ctx, teacher_outputs=outputs.to(device))
     elif ctx.teacher is not None:
         _check_teacher(ctx.teacher, train_data, normalizer, device)

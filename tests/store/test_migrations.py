@@ -69,7 +69,7 @@ def test_upgrading_a_database_with_jobs_keeps_every_row(url: str, tmp_path: Path
         create_job(s, tenant_id=tenant.id, dataset_id=dataset.id, teacher_id=teacher.id)
     engine.dispose()
 
-    assert upgrade_database(url, timeout=10, say=lambda _: None) == "0002"
+    assert upgrade_database(url, timeout=10, say=lambda _: None) == "0003"
     engine = make_engine(url)
     try:
         with engine.connect() as conn:

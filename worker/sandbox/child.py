@@ -1,4 +1,5 @@
-"""The sandboxed child: ``python -I -m worker.sandbox.child <folder> <events fd> <control fd>``.
+"""The sandboxed child: ``worker.sandbox.child <folder> <events fd> <control fd>``, run by
+the launcher under ``python -I`` from the project root the worker itself was imported from.
 
 It holds no database, broker or storage settings: it reads ``request.json`` and its inputs
 from its folder, writes its outputs to ``out/`` there, and talks to the worker over two
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import queue
 import resource
 import signal
 import sys
@@ -22,9 +24,11 @@ from pydantic import TypeAdapter
 
 from worker.sandbox.protocol import (
     ACK,
+    CACHE_REPLIES,
     CANCEL,
     CODE_FORMATS,
     REQUEST_NAME,
+    CacheMessage,
     DatasetRequest,
     DatasetResult,
     DistillRequest,
@@ -44,13 +48,15 @@ _PR_SET_PDEATHSIG = 1
 
 
 class Channel:
-    """The child's end of the pipes: messages out, ``ack``/``cancel`` in."""
+    """The child's end of the pipes: messages out, ``ack``/``cancel`` and the answers to
+    cache messages in."""
 
     def __init__(self, events_fd: int, control_fd: int) -> None:
         self._out: IO[bytes] = os.fdopen(events_fd, "wb", buffering=0)
         self._in: IO[bytes] = os.fdopen(control_fd, "rb", buffering=0)
         self._lock = threading.Lock()
         self._acked = threading.Semaphore(0)
+        self._cache_replies: queue.Queue[bytes] = queue.Queue()
         self.canceled = threading.Event()
         threading.Thread(target=self._listen, daemon=True, name="control").start()
 
@@ -60,10 +66,12 @@ class Channel:
                 self._acked.release()
             elif line == CANCEL:
                 self.canceled.set()
+            elif line in CACHE_REPLIES:
+                self._cache_replies.put(line)
         # The worker is gone (its end of the pipe closed): nobody will collect the results.
         os._exit(70)
 
-    def send(self, message: ProgressMessage | ResultMessage | ErrorMessage) -> None:
+    def send(self, message: ProgressMessage | ResultMessage | ErrorMessage | CacheMessage) -> None:
         data = message.model_dump_json().encode() + b"\n"
         with self._lock:
             self._out.write(data)
@@ -71,6 +79,12 @@ class Channel:
     def send_and_wait(self, message: ProgressMessage) -> None:
         self.send(message)
         self._acked.acquire()
+
+    def ask(self, message: CacheMessage) -> bytes:
+        """Send a cache message and wait for the worker's answer (one at a time: the
+        training thread is the only one that asks)."""
+        self.send(message)
+        return self._cache_replies.get()
 
 
 def apply_limits(limits: Limits) -> None:
@@ -111,6 +125,11 @@ def _distill(req: DistillRequest, box: Path, channel: Channel) -> dict[str, Any]
             box / req.teacher.path, spec=req.teacher.arch, allow_code=req.teacher.allow_code
         )
     (box / "out").mkdir(exist_ok=True)
+    cache = None
+    if req.cache is not None:
+        from worker.sandbox.cache import WorkerCache
+
+        cache = WorkerCache(box, channel)
     report = pipeline.run(
         spec=req.student,
         config=req.config,
@@ -122,6 +141,8 @@ def _distill(req: DistillRequest, box: Path, channel: Channel) -> dict[str, Any]
         should_cancel=channel.canceled.is_set,
         formats=req.formats,
         resume=True,
+        teacher_cache=cache,
+        cache_tenant=req.cache.tenant if req.cache is not None else None,
     )
     return report.model_dump(mode="json")
 

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, Protocol
 
 from pydantic import ValidationError
 
@@ -36,9 +36,13 @@ import kdcore
 import worker
 from worker.sandbox.protocol import (
     ACK,
+    CACHE_DONE,
+    CACHE_NONE,
+    CACHE_READY,
     CANCEL,
     MAX_LINE_BYTES,
     REQUEST_NAME,
+    CacheMessage,
     DatasetRequest,
     DistillRequest,
     ErrorCode,
@@ -55,6 +59,15 @@ CANCEL_GRACE_S = 30.0  # a child that ignores "cancel" this long is killed
 _WATCH_INTERVAL_S = 0.2
 # The only variables the child inherits; everything else (KDSERVE_*, AWS_*, ...) stays out.
 _PASSED_ENV = ("LANG", "LC_ALL", "TZ", "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")
+# The project root the worker's own code was imported from. The child runs with ``-I``
+# (no PYTHONPATH, no current folder on sys.path), so without this it would import whatever
+# kdserve is installed, which need not be the code that started it (a checkout beside an
+# editable install): it is put first on the child's sys.path.
+PROJECT_ROOT = Path(worker.__file__ or "").resolve().parent.parent
+_CHILD_BOOT = (
+    "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "runpy.run_module('worker.sandbox.child', run_name='__main__', alter_sys=True)"
+)
 # System paths the child reads (libraries, the dynamic loader's cache, time zones).
 _SYSTEM_PATHS = (
     "/usr",
@@ -155,6 +168,23 @@ def _bwrap_argv(box: Path, env: dict[str, str]) -> list[str]:
 Request = DistillRequest | TeacherRequest | DatasetRequest
 
 
+class CacheHandler(Protocol):
+    """The worker's side of the teacher cache for one job (:class:`worker.cache.JobCache`).
+
+    The key has passed the protocol's pattern. Errors are the handler's to log: any
+    exception is answered as "no entry" / "done", since the cache only ever saves time.
+    """
+
+    def get(self, key: str) -> bool:
+        """Place the entry in the child's cache folder; False when there is none."""
+
+    def put(self, key: str) -> None:
+        """Store the entry the child built (in its cache folder) and record it."""
+
+    def discard(self, key: str) -> None:
+        """Delete the entry (object and row): it failed the child's verification."""
+
+
 def run_in_sandbox(
     request: Request,
     box: Path,
@@ -164,12 +194,14 @@ def run_in_sandbox(
     log_path: Path,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    cache: CacheHandler | None = None,
 ) -> dict[str, Any]:
     """Run ``request`` in a child confined to ``box``; return its result.
 
     ``on_progress`` gets each progress message's fields (after an ``epoch`` one the child
     waits until it returns). ``should_cancel`` is polled; when it turns true the child is
-    asked to stop, and killed if it has not within :data:`CANCEL_GRACE_S`.
+    asked to stop, and killed if it has not within :data:`CANCEL_GRACE_S`. ``cache``
+    answers the child's cache messages (without one: never an entry).
 
     Raises:
         SandboxFailed: the child reported an error, was canceled, ran out of time or
@@ -179,7 +211,7 @@ def run_in_sandbox(
     (box / "tmp").mkdir(exist_ok=True)
     events_r, events_w = os.pipe()
     control_r, control_w = os.pipe()
-    argv = [sys.executable, "-I", "-m", "worker.sandbox.child", str(box)]
+    argv = [sys.executable, "-I", "-c", _CHILD_BOOT, str(PROJECT_ROOT), str(box)]
     argv += [str(events_w), str(control_r)]
     env = child_env(box)
     if isolation == "bwrap":
@@ -206,11 +238,27 @@ def run_in_sandbox(
     watch = _Watch(proc, os.fdopen(control_w, "wb", buffering=0), time_limit_s, should_cancel)
     try:
         with os.fdopen(events_r, "rb") as events:
-            return _converse(events, watch, on_progress)
+            return _converse(events, watch, on_progress, cache)
     finally:
         watch.stop()
         if proc.returncode not in (0, None):
             log.info("sandbox output (last lines):\n%s", _tail(log_path))
+
+
+def _answer_cache(cache: CacheHandler | None, message: CacheMessage) -> bytes:
+    """Do what a cache message asks; the line to answer with."""
+    if message.action == "get":
+        try:
+            return CACHE_READY if cache is not None and cache.get(message.key) else CACHE_NONE
+        except Exception:
+            log.exception("teacher cache: could not serve entry %s", message.key)
+            return CACHE_NONE
+    try:
+        if cache is not None:
+            (cache.put if message.action == "put" else cache.discard)(message.key)
+    except Exception:
+        log.exception("teacher cache: could not %s entry %s", message.action, message.key)
+    return CACHE_DONE
 
 
 def _tail(path: Path, size: int = 2000) -> str:
@@ -227,6 +275,7 @@ def _converse(
     events: IO[bytes],
     watch: _Watch,
     on_progress: Callable[[dict[str, Any]], None] | None,
+    cache: CacheHandler | None = None,
 ) -> dict[str, Any]:
     result: dict[str, Any] | None = None
     error: ErrorMessage | None = None
@@ -254,6 +303,8 @@ def _converse(
                 # so the child stops before its next step rather than after another epoch.
                 watch.check_cancel()
                 watch.send(ACK)
+        elif isinstance(message, CacheMessage):
+            watch.send(_answer_cache(cache, message))
         elif isinstance(message, ErrorMessage):
             error = message
         else:

@@ -7,6 +7,22 @@ message the child waits for the parent's ``ack`` line on a second pipe (the pare
 the checkpoint meanwhile, so it never reads a file the child is rewriting); ``cancel`` on
 that pipe asks the child to stop at the next step.
 
+The teacher cache (:mod:`kdcore.cache`) lives in the worker's storage and database, which the
+child cannot reach. A :class:`DistillRequest` with ``cache`` set lets the child ask for entries
+by key with a :class:`CacheMessage` and wait for the answer on the control pipe:
+
+- ``get``: the worker fetches the tenant's entry into ``cache/<key>.safetensors`` in the
+  child's folder and answers :data:`CACHE_READY`, or :data:`CACHE_NONE` when it has none
+  (or cannot fetch it). The child verifies what it reads (:func:`kdcore.cache.load_or_build`).
+- ``put``: the child built the entry into ``cache/<key>.safetensors``; the worker uploads it
+  under the tenant's prefix, records it, and answers :data:`CACHE_DONE` (also when it did
+  not keep it: the child goes on with its own copy).
+- ``discard``: the entry it was given failed verification; the worker deletes it (object and
+  row) and answers :data:`CACHE_DONE`. The child then builds and puts it again.
+
+The worker never parses an entry: it moves whole files, through the folder descriptor it
+opened before the child started (:class:`worker.files.SandboxOutput`).
+
 Everything the child sends is untrusted (a code checkpoint may have written to the pipe),
 so the parent validates every line with these models and caps line lengths.
 """
@@ -24,6 +40,18 @@ REQUEST_NAME = "request.json"
 MAX_LINE_BYTES = 1 << 20  # a report is a few KB; anything longer is not ours
 ACK = b"ack\n"
 CANCEL = b"cancel\n"
+CACHE_READY = b"cache ready\n"
+CACHE_NONE = b"cache none\n"
+CACHE_DONE = b"cache done\n"
+CACHE_REPLIES = (CACHE_READY, CACHE_NONE, CACHE_DONE)
+CACHE_DIR = "cache"  # in the child's folder: the entries it was given or built
+CACHE_KEY = r"^[0-9a-f]{64}$"  # kdcore.cache.cache_key: safe as a file and object name
+
+
+def cache_file(key: str) -> str:
+    """An entry's file name in :data:`CACHE_DIR` (and in storage)."""
+    return f"{key}.safetensors"
+
 
 ErrorCode = Literal[
     "canceled", "diverged", "invalid_input", "out_of_memory", "time_limit", "crashed", "internal"
@@ -85,8 +113,16 @@ class TeacherInput(_Model):
     code_refusal: str | None = None
 
 
+class CacheInput(_Model):
+    """Use the worker's teacher cache; ``tenant`` goes into every key
+    (:attr:`kdcore.cache.CacheKey.tenant`), so tenants never share an entry."""
+
+    tenant: str = Field(min_length=1, max_length=64)
+
+
 class DistillRequest(_Model):
-    """Train a student: ``kdcore.pipeline.run``, writing into ``out/``."""
+    """Train a student: ``kdcore.pipeline.run``, writing into ``out/``; with ``cache``, the
+    teacher's outputs come from (or go to) the worker's cache (:class:`CacheMessage`)."""
 
     op: Literal["distill"] = "distill"
     limits: Limits
@@ -96,6 +132,7 @@ class DistillRequest(_Model):
     val: str | None = None
     teacher: TeacherInput | None = None
     formats: list[str]
+    cache: CacheInput | None = None
 
 
 class TeacherRequest(_Model):
@@ -135,7 +172,17 @@ class ErrorMessage(_Model):
     message: str = Field(max_length=4000)
 
 
-Message = Annotated[ProgressMessage | ResultMessage | ErrorMessage, Field(discriminator="type")]
+class CacheMessage(_Model):
+    """The child asks the worker for an entry, hands it one, or reports one corrupt."""
+
+    type: Literal["cache"] = "cache"
+    action: Literal["get", "put", "discard"]
+    key: str = Field(pattern=CACHE_KEY)
+
+
+Message = Annotated[
+    ProgressMessage | ResultMessage | ErrorMessage | CacheMessage, Field(discriminator="type")
+]
 
 
 class TeacherResult(_Model):
@@ -154,7 +201,7 @@ class DatasetResult(_Model):
 _MESSAGE: TypeAdapter[Message] = TypeAdapter(Message)
 
 
-def parse_message(line: bytes) -> ProgressMessage | ResultMessage | ErrorMessage:
+def parse_message(line: bytes) -> ProgressMessage | ResultMessage | ErrorMessage | CacheMessage:
     """Validate one line from the child.
 
     Raises:

@@ -75,6 +75,26 @@ def test_second_run_hits_and_never_calls_the_teacher(tmp_path: Path, data: Datas
     assert all(r["samples_per_s"] > 0 for r in rows)
 
 
+def test_logits_beyond_float16_keep_the_teacher_in_the_loop(tmp_path: Path, data: Dataset) -> None:
+    """A teacher whose logits fp16 cannot hold (finite in fp32) trains as without a cache."""
+    teacher = counting_teacher(data)
+    head = [m for m in teacher.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        head.bias.fill_(1e5)  # every logit near 1e5 > 65504: softmax is unchanged
+    request = CacheRequest(LocalFolderCache(tmp_path / "cache"), teacher_sha256=TEACHER_SHA)
+    result = train(
+        spec=cnn(),
+        config=kd_config(epochs=1),
+        train_data=data,
+        teacher=teacher,
+        out_dir=tmp_path / "a",
+        teacher_cache=request,
+    )
+    assert result.teacher_cache.status == "off"
+    assert not list((tmp_path / "cache").glob("*.safetensors"))
+    assert all(torch.isfinite(p).all() for p in result.student.parameters())
+
+
 def test_views_and_k_follow_the_config(tmp_path: Path, data: Dataset) -> None:
     request = CacheRequest(LocalFolderCache(tmp_path / "cache"), teacher_sha256=TEACHER_SHA)
     teacher = counting_teacher(data)
@@ -197,7 +217,7 @@ def test_pipeline_reports_miss_then_hit(tmp_path: Path) -> None:
             out_dir=tmp_path / out,
             teacher=teacher,
             formats=("safetensors",),
-            cache_dir=tmp_path / "cache",
+            teacher_cache=LocalFolderCache(tmp_path / "cache"),
         )
         saved = json.loads((tmp_path / out / REPORT_NAME).read_text())["teacher_cache"]
         assert saved == report.teacher_cache.model_dump(mode="json")

@@ -1,0 +1,1 @@
+"""The tenant's teacher-cache entries: list and delete (the workers create them)."""
