@@ -41,10 +41,17 @@ jobs_app = typer.Typer(
 )
 
 
+cache_app = typer.Typer(
+    help="The teacher cache on a kdserve server: the entries your jobs share; list, delete.",
+    no_args_is_help=True,
+)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(teachers_app, name="teachers")
     app.add_typer(datasets_app, name="datasets")
     app.add_typer(jobs_app, name="jobs")
+    app.add_typer(cache_app, name="cache")
 
 
 UrlOpt = Annotated[
@@ -264,6 +271,37 @@ _upload_commands(
     row=_dataset_row,
     get_help="One dataset as JSON (samples, input shape and classes once validated).",
 )
+
+
+# -- teacher cache ---------------------------------------------------------------------------
+
+
+@cache_app.command("list")
+def cache_list(as_json: JsonOpt = False, url: UrlOpt = None, api_key: KeyOpt = None) -> None:
+    """List your teacher-cache entries, newest first."""
+    with _remote(url, api_key) as kd:
+        items = kd.list_cache_entries()
+    if as_json:
+        _print_json(items)
+        return
+    table = _table("id", "key", "size", "hits", "last used")
+    for e in items:
+        table.add_row(e["id"], e["key"][:16], _size(e["size"]), str(e["hits"]), e["last_used_at"])
+    _print_table(table)
+
+
+@cache_app.command("delete")
+def cache_delete(
+    id_: Annotated[
+        str, typer.Argument(metavar="ID", help="The entry's id (`kdserve cache list`).")
+    ],
+    url: UrlOpt = None,
+    api_key: KeyOpt = None,
+) -> None:
+    """Delete a teacher-cache entry; the next job that needs it builds it again."""
+    with _remote(url, api_key) as kd:
+        kd.delete_cache_entry(id_)
+    err.print(f"deleted cache entry {escape(id_)}")
 
 
 # -- jobs ----------------------------------------------------------------------------------

@@ -286,6 +286,14 @@ class KDServeClient:
         """Delete a teacher or dataset (jobs that used it keep their results)."""
         self._send("DELETE", f"{_root(kind)}/{_seg(id_)}")
 
+    def list_cache_entries(self, *, page_size: int | None = None) -> list[JSON]:
+        """The tenant's teacher-cache entries (key, size, hits, last use), newest first."""
+        return list(self._paginate("/v1/cache", {}, page_size))
+
+    def delete_cache_entry(self, id_: str) -> None:
+        """Delete a teacher-cache entry; the next job that needs it rebuilds it."""
+        self._send("DELETE", f"/v1/cache/{_seg(id_)}")
+
     # -- waiting -----------------------------------------------------------------------------
 
     def wait_for(

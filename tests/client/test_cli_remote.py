@@ -7,12 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from cli import remote
 from cli.main import app
 from client import KDServeClient
-from store.models import AssetStatus, JobStatus
+from store.db import transaction
+from store.keys import hash_key
+from store.models import ApiKey, AssetStatus, CacheEntry, JobStatus
 from tests.client.factories import (
     DIGITS,
     Server,
@@ -260,3 +263,35 @@ def _json_file(tmp_path: Path, name: str, obj: Any) -> str:
     path = tmp_path / name
     path.write_text(json.dumps(obj))
     return str(path)
+
+
+def test_cache_list_and_delete(server: Server, api_key: str) -> None:
+    with transaction(server.sessions) as session:
+        tenant = session.scalar(
+            select(ApiKey.tenant_id).where(ApiKey.key_hash == hash_key(api_key))
+        )
+        writer = server.store.writer(f"tenants/{tenant}/cache/{'ab' * 32}.safetensors")
+        writer.write(b"x" * 2048)
+        obj = writer.commit()
+        entry = CacheEntry(
+            tenant_id=tenant, key="ab" * 32, uri=obj.uri, size=obj.size, sha256=obj.sha256
+        )
+        session.add(entry)
+        session.flush()
+        entry_id = str(entry.id)
+
+    table = runner.invoke(app, ["cache", "list"])
+    assert table.exit_code == 0, table.output
+    assert entry_id in table.stdout
+    assert "abababababababab" in table.stdout
+    listed = json.loads(runner.invoke(app, ["cache", "list", "--json"]).stdout)
+    assert [(e["id"], e["size"], e["hits"]) for e in listed] == [(entry_id, 2048, 0)]
+
+    deleted = runner.invoke(app, ["cache", "delete", entry_id])
+    assert deleted.exit_code == 0, deleted.output
+    assert f"deleted cache entry {entry_id}" in deleted.stderr
+    assert json.loads(runner.invoke(app, ["cache", "list", "--json"]).stdout) == []
+    assert not server.store.exists(obj.uri)
+    again = runner.invoke(app, ["cache", "delete", entry_id])
+    assert again.exit_code == 2
+    assert "HTTP 404" in again.stderr
