@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from kdcore.cache import CacheRequest, LocalFolderCache
-from kdcore.contract import DistillConfig
+from kdcore.contract import CnnSpec, DistillConfig
 from kdcore.data import Dataset
 from kdcore.models import build_model
 from kdcore.pipeline import REPORT_NAME, TeacherFile, run
-from kdcore.train import METRICS_NAME, Canceled, Progress, train
+from kdcore.train import METRICS_NAME, Canceled, Progress, TrainResult, train
 from kdcore.weights import freeze
 from tests.kdcore.cache.factories import CountingTeacher
 from tests.kdcore.factories import cnn, config, image_data
@@ -42,30 +43,37 @@ def kd_config(**overrides: object) -> DistillConfig:
     )
 
 
-def test_second_run_hits_and_never_calls_the_teacher(tmp_path: Path, data: Dataset) -> None:
-    request = CacheRequest(LocalFolderCache(tmp_path / "cache"), teacher_sha256=TEACHER_SHA)
-    teacher = counting_teacher(data)
-    first = train(
-        spec=cnn(),
-        config=kd_config(),
+def train_cached(
+    tmp_path: Path,
+    out: str,
+    teacher: torch.nn.Module,
+    data: Dataset,
+    *,
+    spec: CnnSpec | None = None,
+    cfg: DistillConfig | None = None,
+    **kwargs: Any,
+) -> TrainResult:
+    """KD (by default) of ``cnn()`` into ``tmp_path/out``, on the cache in ``tmp_path/cache``."""
+    return train(
+        spec=spec or cnn(),
+        config=cfg or kd_config(),
         train_data=data,
         teacher=teacher,
-        out_dir=tmp_path / "a",
-        teacher_cache=request,
+        out_dir=tmp_path / out,
+        teacher_cache=CacheRequest(LocalFolderCache(tmp_path / "cache"), TEACHER_SHA),
+        **kwargs,
     )
+
+
+def test_second_run_hits_and_never_calls_the_teacher(tmp_path: Path, data: Dataset) -> None:
+    teacher = counting_teacher(data)
+    first = train_cached(tmp_path, "a", teacher, data)
     assert first.teacher_cache.status == "miss"
     assert teacher.calls > 0
     assert len(list((tmp_path / "cache").iterdir())) == 1
 
     teacher.calls = 0
-    second = train(
-        spec=cnn(),
-        config=kd_config(),
-        train_data=data,
-        teacher=teacher,
-        out_dir=tmp_path / "b",
-        teacher_cache=request,
-    )
+    second = train_cached(tmp_path, "b", teacher, data)
     assert second.teacher_cache.status == "hit"
     assert second.teacher_cache.key == first.teacher_cache.key
     assert teacher.calls == 0  # not even the shape check
@@ -81,34 +89,18 @@ def test_logits_beyond_float16_keep_the_teacher_in_the_loop(tmp_path: Path, data
     head = [m for m in teacher.modules() if isinstance(m, torch.nn.Linear)][-1]
     with torch.no_grad():
         head.bias.fill_(1e5)  # every logit near 1e5 > 65504: softmax is unchanged
-    request = CacheRequest(LocalFolderCache(tmp_path / "cache"), teacher_sha256=TEACHER_SHA)
-    result = train(
-        spec=cnn(),
-        config=kd_config(epochs=1),
-        train_data=data,
-        teacher=teacher,
-        out_dir=tmp_path / "a",
-        teacher_cache=request,
-    )
+    result = train_cached(tmp_path, "a", teacher, data, cfg=kd_config(epochs=1))
     assert result.teacher_cache.status == "off"
     assert not list((tmp_path / "cache").glob("*.safetensors"))
     assert all(torch.isfinite(p).all() for p in result.student.parameters())
 
 
 def test_views_and_k_follow_the_config(tmp_path: Path, data: Dataset) -> None:
-    request = CacheRequest(LocalFolderCache(tmp_path / "cache"), teacher_sha256=TEACHER_SHA)
     teacher = counting_teacher(data)
     keys = set()
     variants: list[dict[str, object]] = [{}, {"seed": 1}, {"augment": "none"}, {"teacher_views": 3}]
     for i, o in enumerate(variants):
-        result = train(
-            spec=cnn(),
-            config=kd_config(**o),
-            train_data=data,
-            teacher=teacher,
-            out_dir=tmp_path / str(i),
-            teacher_cache=request,
-        )
+        result = train_cached(tmp_path, str(i), teacher, data, cfg=kd_config(**o))
         keys.add(result.teacher_cache.key)
     assert len(keys) == 4
     entries = sorted(p.stat().st_size for p in (tmp_path / "cache").iterdir())
@@ -124,15 +116,7 @@ def test_resume_with_a_warm_cache_equals_uninterrupted(
     cfg = kd_config(method=method, **hint)
     spec = cnn(dropout=0.3)
     teacher = counting_teacher(data)
-    request = CacheRequest(LocalFolderCache(tmp_path / "cache"), teacher_sha256=TEACHER_SHA)
-    full = train(
-        spec=spec,
-        config=cfg,
-        train_data=data,
-        teacher=teacher,
-        out_dir=tmp_path / "full",
-        teacher_cache=request,
-    )
+    full = train_cached(tmp_path, "full", teacher, data, spec=spec, cfg=cfg)
     seen = 0
 
     def count(p: Progress) -> None:
@@ -140,24 +124,17 @@ def test_resume_with_a_warm_cache_equals_uninterrupted(
         seen += p.kind == "epoch"
 
     with pytest.raises(Canceled):
-        train(
+        train_cached(
+            tmp_path,
+            "cut",
+            teacher,
+            data,
             spec=spec,
-            config=cfg,
-            train_data=data,
-            teacher=teacher,
-            out_dir=tmp_path / "cut",
-            teacher_cache=request,
+            cfg=cfg,
             on_progress=count,
             should_cancel=lambda: seen >= stop_after,
         )
-    resumed = train(
-        spec=spec,
-        config=cfg,
-        train_data=data,
-        teacher=teacher,
-        out_dir=tmp_path / "cut",
-        teacher_cache=request,
-    )
+    resumed = train_cached(tmp_path, "cut", teacher, data, spec=spec, cfg=cfg)
     assert resumed.teacher_cache.status == "hit"
     for (name, a), b in zip(
         full.student.state_dict().items(), resumed.student.state_dict().values(), strict=True
@@ -168,31 +145,15 @@ def test_resume_with_a_warm_cache_equals_uninterrupted(
 def test_a_kd_step_with_a_warm_cache_never_calls_the_teacher(tmp_path: Path, data: Dataset) -> None:
     """FitNets: the hint stage still runs the teacher (hint maps are not cached), KD not."""
     teacher = counting_teacher(data)
-    request = CacheRequest(LocalFolderCache(tmp_path / "cache"), teacher_sha256=TEACHER_SHA)
     cfg = kd_config(method="fitnet", hint=HINT)
-    train(
-        spec=cnn(),
-        config=cfg,
-        train_data=data,
-        teacher=teacher,
-        out_dir=tmp_path / "a",
-        teacher_cache=request,
-    )
+    train_cached(tmp_path, "a", teacher, data, cfg=cfg)
     calls: dict[str, int] = {}
 
     def record(p: Progress) -> None:
         calls[p.stage] = teacher.calls
 
     teacher.calls = 0
-    train(
-        spec=cnn(),
-        config=cfg,
-        train_data=data,
-        teacher=teacher,
-        out_dir=tmp_path / "b",
-        teacher_cache=request,
-        on_progress=record,
-    )
+    train_cached(tmp_path, "b", teacher, data, cfg=cfg, on_progress=record)
     assert calls["hint"] > 0
     assert calls["kd"] == calls["hint"]  # no call during the KD stage
 
