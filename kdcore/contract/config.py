@@ -33,7 +33,8 @@ seed                      0
 ========================  ===============  ==================================================
 
 ``teacher_views`` matters only when a run uses a teacher cache (``kdserve distill
---cache-dir``), a teacher, and augmentation; without augmentation the cache holds one view,
+--cache-dir``, or a service job with ``KDSERVE_TEACHER_CACHE`` on, the default), a teacher,
+and augmentation; without augmentation the cache holds one view,
 the sample itself. Each sample gets ``K`` fixed views (crop offsets, flip), drawn from
 ``seed``; each epoch shows one of them, cycling, so teacher and student see the same pixels
 (:mod:`kdcore.data.views`). The default 16: the entry costs ``N·K·classes·2`` bytes (CIFAR-10

@@ -132,17 +132,20 @@ class Normalizer:
                 f"normalizer is for {channels}-channel images (B, C, H, W) or {channels}-value "
                 f"vectors (B, F), got a batch of shape {tuple(x.shape)}"
             )
+        return normalize(x.to(torch.float32), self.scale, *self._stats_for(x))
+
+    def _stats_for(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`stats` for batches like ``x``, on its device (made once per device and rank)."""
         key = (x.device, x.ndim)
         cached = self._cache.get(key)
         if cached is None:
             mean, std = self.stats(tuple(x.shape[1:]))
             cached = self._cache[key] = (mean.to(x.device), std.to(x.device))
-        return normalize(x.to(torch.float32), self.scale, *cached)
+        return cached
 
     def invert(self, x: torch.Tensor) -> torch.Tensor:
         """Raw float samples back from a normalized batch (augmented or not)."""
-        mean, std = self.stats(tuple(x.shape[1:]))
-        return denormalize(x, self.scale, mean.to(x.device), std.to(x.device))
+        return denormalize(x, self.scale, *self._stats_for(x))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form, for checkpoints and exports."""
