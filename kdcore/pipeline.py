@@ -22,7 +22,7 @@ from kdcore.data import Dataset, load_dataset
 from kdcore.export import StudentMeta, export_student
 from kdcore.files import atomic_write
 from kdcore.report import Report, TeacherCacheReport, build_report
-from kdcore.train import CancelFn, ProgressFn, resolve_device, train
+from kdcore.train import CancelFn, ProgressFn, train
 from kdcore.weights import freeze, load_model
 
 REPORT_NAME = "report.json"
@@ -126,7 +126,9 @@ def run(
         student_spec=spec.model_dump(mode="json"),
         stage_seconds=result.stage_seconds,
         best=result.best,
-        device=str(resolve_device(config.device)),
+        device=str(result.runtime.device),
+        precision=result.runtime.precision,
+        memory_format=result.runtime.memory_format,
         teacher_cache=TeacherCacheReport(**asdict(result.teacher_cache)),
     )
     with atomic_write(out_dir / REPORT_NAME) as tmp:

@@ -54,6 +54,9 @@ class Report(BaseModel):
     speedup: float | None  # teacher latency / student latency
     cpu_threads: int
     device: str
+    # As the run resolved them (the config may say "auto"): kdcore.runtime.
+    precision: str = "fp32"
+    memory_format: str = "contiguous"
     stage_seconds: dict[str, float]
     best: dict[str, Any]
     config: dict[str, Any]
@@ -105,6 +108,8 @@ def build_report(
     stage_seconds: dict[str, float],
     best: dict[str, Any],
     device: str,
+    precision: str,
+    memory_format: str,
     teacher_cache: TeacherCacheReport | None = None,
 ) -> Report:
     t_report = t_logits = None
@@ -128,6 +133,8 @@ def build_report(
         speedup=t_report.latency_ms / s_report.latency_ms if t_report else None,
         cpu_threads=torch.get_num_threads(),
         device=device,
+        precision=precision,
+        memory_format=memory_format,
         stage_seconds=stage_seconds,
         best=best,
         config=config,

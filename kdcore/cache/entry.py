@@ -31,13 +31,10 @@ change of the batch KD loss 6.9e-6 at T = 1, 7.5e-5 at T = 4 (loss 0.96, relativ
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import safetensors.torch
 import torch
@@ -45,6 +42,7 @@ from torch import nn
 
 from kdcore.cache.key import CACHE_FORMAT_VERSION
 from kdcore.data import Normalizer, ViewBank, ViewPolicy
+from kdcore.runtime import Runtime
 
 __all__ = [
     "FORMAT",
@@ -99,7 +97,7 @@ def compute_outputs(
     normalizer: Normalizer,
     bank: ViewBank,
     *,
-    autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+    runtime: Runtime,
 ) -> TeacherOutputs:
     """Run the frozen teacher once on every view, in inference mode and large batches.
 
@@ -108,7 +106,8 @@ def compute_outputs(
         x: ``(N, ...)`` raw training samples.
         normalizer: the training normalizer.
         bank: the views (its tensors on the CPU or ``x``'s device).
-        autocast: the config's mixed-precision context.
+        runtime: the run's precision (the teacher runs under its autocast, as it would in
+            the loop) and memory format.
 
     Raises:
         Uncacheable: a logit does not fit in float16.
@@ -124,8 +123,9 @@ def compute_outputs(
             per_view = []
             for v in range(k):
                 view = torch.full_like(idx, v)
-                with autocast():
-                    per_view.append(teacher(bank.apply(xb, idx, view)).float())  # (B, C)
+                with runtime.autocast():
+                    xv = runtime.batch(bank.apply(xb, idx, view))
+                    per_view.append(teacher(xv).float())  # (B, C)
             chunks.append(torch.stack(per_view, 1))  # (B, K, C)
     logits = torch.cat(chunks).cpu()  # (N, K, C) float32
     if not torch.isfinite(logits).all() or logits.abs().max() > _FP16_MAX:

@@ -25,7 +25,11 @@ crop_padding              4                zero padding for the random crop
 teacher_views             16               with a teacher cache and augmentation: views per
                                            sample whose teacher logits are stored (a run
                                            uses ``min(teacher_views, epochs)``), see below
-precision                 ``fp32``         ``fp32``, ``bf16``, ``fp16`` (autocast)
+precision                 ``auto``         ``auto``, ``fp32``, ``bf16``, ``fp16`` (autocast);
+                                           ``auto``: bf16 where the device computes it
+                                           natively, see :mod:`kdcore.train.runtime`
+memory_format             ``auto``         ``auto`` (channels-last for images),
+                                           ``channels_last``, ``contiguous``
 device                    ``auto``         ``auto`` (CUDA when present), ``cpu``, ``cuda``
 val_split                 0.1              fraction of training data held out for validation
                                            when no validation set is given (0: none)
@@ -98,7 +102,8 @@ class DistillConfig(BaseModel):
     augment: Literal["none", "flip", "crop", "crop_flip"] = "none"
     crop_padding: int = Field(default=4, ge=0, le=64)
     teacher_views: int = Field(default=16, ge=1, le=1024)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     val_split: float = Field(default=0.1, ge=0, lt=1)
     seed: int = Field(default=0, ge=0)

@@ -9,6 +9,7 @@
 - :mod:`~kdcore.train.optim`: the optimizer and learning-rate schedule of a config.
 """
 
+from kdcore.runtime import resolve_device
 from kdcore.train.checkpoint import CHECKPOINT_NAME, METRICS_NAME
 from kdcore.train.loop import (
     Canceled,
@@ -17,7 +18,6 @@ from kdcore.train.loop import (
     Progress,
     ProgressFn,
     TrainResult,
-    resolve_device,
     train,
 )
 

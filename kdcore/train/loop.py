@@ -43,6 +43,7 @@ from kdcore.contract import DistillConfig, Spec, StageName, StagePlan, plan_stag
 from kdcore.data import Dataset, Normalizer, ViewBank, ViewPolicy, augment, batches
 from kdcore.evaluate import predict, score
 from kdcore.models import build_model
+from kdcore.runtime import Runtime, in_memory_format, resolve_runtime
 from kdcore.train.checkpoint import (
     Checkpoint,
     RunState,
@@ -97,19 +98,12 @@ class TrainResult:
     history: list[dict[str, Any]]
     stage_seconds: dict[str, float]
     best: dict[str, Any]
+    runtime: Runtime
     teacher_cache: CacheInfo = field(default_factory=CacheInfo)
 
 
 ProgressFn = Callable[[Progress], None]
 CancelFn = Callable[[], bool]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError('config asks for device "cuda" but no CUDA GPU is available')
-    return torch.device(name)
 
 
 def train(
@@ -155,7 +149,8 @@ def train(
             "pass it through kdcore.weights.freeze"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(config.device)
+    runtime = resolve_runtime(config, images=train_data.x.ndim == 4)
+    device = runtime.device
     split = val_data is None and config.val_split > 0
     data_sha256 = None
     if teacher_cache is not None and config.uses_teacher:  # the data before the split
@@ -173,17 +168,17 @@ def train(
     normalizer = Normalizer.fit(train_data)
 
     torch.manual_seed(config.seed)
-    student = build_model(spec, train_data.input_shape, train_data.num_classes).to(device)
+    student = runtime.model(build_model(spec, train_data.input_shape, train_data.num_classes))
     if isinstance(teacher, RawInputProgram):  # it preprocesses raw samples itself
         teacher = teacher.fed_normalized(normalizer)
     ctx = Context(
         config=config,
-        device=device,
+        runtime=runtime,
         x=train_data.x.to(device),
         y=train_data.y.to(device),
         normalizer=normalizer,
         student=student,
-        teacher=teacher.to(device) if teacher is not None else None,
+        teacher=_place_teacher(teacher, runtime) if teacher is not None else None,
     )
     cache_info = CacheInfo()
     outputs = None
@@ -199,7 +194,7 @@ def train(
     if outputs is not None:
         ctx = replace(ctx, teacher_outputs=outputs.to(device))
     elif ctx.teacher is not None:
-        _check_teacher(ctx.teacher, train_data, normalizer, device)
+        _check_teacher(ctx.teacher, train_data, normalizer, runtime)
 
     state, saved = start_or_resume(out_dir, student, device, resume=resume)
     driver = _Driver(
@@ -217,6 +212,11 @@ def train(
     driver.run(saved)
 
     student.eval()
+    # Exports and safetensors want contiguous weights, and the report times both models as
+    # a deployer gets them; channels-last was for training speed.
+    in_memory_format(student, "contiguous")
+    if ctx.teacher is not None and not isinstance(ctx.teacher, _PROGRAMS):
+        in_memory_format(ctx.teacher, "contiguous")
     return TrainResult(
         student=student,
         teacher=ctx.teacher,
@@ -225,6 +225,7 @@ def train(
         history=state.history,
         stage_seconds=state.stage_seconds,
         best=state.best,
+        runtime=runtime,
         teacher_cache=cache_info,
     )
 
@@ -254,15 +255,15 @@ def _teacher_outputs(
         crop_padding=config.crop_padding,
         views_seed=config.seed,
         views=k,
-        precision=config.precision,
+        precision=ctx.runtime.precision,
         tenant=request.tenant,
     )
     key = cache_key(inputs)
 
     def build() -> TeacherOutputs:
-        _check_teacher(teacher, data, ctx.normalizer, ctx.device)
+        _check_teacher(teacher, data, ctx.normalizer, ctx.runtime)
         bank = ViewBank.draw(policy, len(data), k, inputs.views_seed)
-        return compute_outputs(teacher, ctx.x, ctx.normalizer, bank, autocast=ctx.autocast)
+        return compute_outputs(teacher, ctx.x, ctx.normalizer, bank, runtime=ctx.runtime)
 
     def save(path: Path, outputs: TeacherOutputs) -> None:
         save_outputs(path, outputs, key=key, inputs=inputs.canonical_json())
@@ -272,11 +273,22 @@ def _teacher_outputs(
     )
 
 
+_PROGRAMS = (torch.jit.ScriptModule, torch.fx.GraphModule, RawInputProgram)
+
+
+def _place_teacher(teacher: nn.Module, runtime: Runtime) -> nn.Module:
+    """The teacher on the run's device; in channels-last too when it is a plain module (a
+    compiled program keeps the layout it was traced with)."""
+    if isinstance(teacher, _PROGRAMS):
+        return teacher.to(runtime.device)
+    return runtime.model(teacher)
+
+
 def _check_teacher(
-    teacher: nn.Module, data: Dataset, normalizer: Normalizer, device: torch.device
+    teacher: nn.Module, data: Dataset, normalizer: Normalizer, runtime: Runtime
 ) -> None:
     with torch.no_grad():
-        out = teacher(normalizer(data.x[:2].to(device)))
+        out = teacher(runtime.batch(normalizer(data.x[:2].to(runtime.device))))
     if not isinstance(out, torch.Tensor) or out.shape != (2, data.num_classes):
         got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(
@@ -375,11 +387,12 @@ class _Driver:
         """The batch of samples ``idx``: from the stage's view bank when it trains on cached
         teacher outputs (the epoch's view of each sample), else randomly augmented."""
         if stage.cached is None:
-            return Batch(idx=idx, x=self._inputs(idx, gen), y=self.ctx.y[idx])
+            xb = self.ctx.runtime.batch(self._inputs(idx, gen))
+            return Batch(idx=idx, x=xb, y=self.ctx.y[idx])
         bank = stage.cached.bank
         view = bank.choose(idx, epoch)  # (B,)
         xb = bank.apply(self.ctx.normalizer(self.ctx.x[idx]), idx, view)  # (B, ...) float32
-        return Batch(idx=idx, x=xb, y=self.ctx.y[idx], view=view)
+        return Batch(idx=idx, x=self.ctx.runtime.batch(xb), y=self.ctx.y[idx], view=view)
 
     def _inputs(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         xb = self.ctx.normalizer(self.ctx.x[idx])  # (B, ...) float32

@@ -29,6 +29,7 @@ from kdcore.data import Normalizer
 from kdcore.hooks import FeatureTap
 from kdcore.losses import hint_loss, kd_loss
 from kdcore.regressor import build_regressor
+from kdcore.runtime import Runtime
 from kdcore.train.optim import build_optimizer, build_scheduler
 
 Loss = tuple[torch.Tensor, dict[str, torch.Tensor]]  # the loss, and its parts for the log
@@ -39,7 +40,7 @@ class Context:
     """What every stage works with: the config, the two models and the data on device."""
 
     config: DistillConfig
-    device: torch.device
+    runtime: Runtime  # the resolved device, precision and memory format
     x: torch.Tensor  # (N, ...) raw dtype, on device
     y: torch.Tensor  # (N,)
     normalizer: Normalizer
@@ -49,20 +50,24 @@ class Context:
     teacher_outputs: TeacherOutputs | None = None
 
     @property
+    def device(self) -> torch.device:
+        return self.runtime.device
+
+    @property
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.y) / self.config.batch_size)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """Mixed precision as ``config.precision`` asks (nothing for fp32)."""
-        p = self.config.precision
-        if p == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if p == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        """Mixed precision as the runtime resolved it (nothing for fp32)."""
+        return self.runtime.autocast()
+
+    def inputs(self, idx: torch.Tensor) -> torch.Tensor:
+        """Samples ``idx`` normalized, in the runtime's memory format: ``(B, ...)`` float32."""
+        return self.runtime.batch(self.normalizer(self.x[idx]))
 
     def probe(self) -> torch.Tensor:
         """Two normalized samples, to find shapes and dependencies by running the models."""
-        return self.normalizer(self.x[:2])  # (2, ...) float32
+        return self.runtime.batch(self.normalizer(self.x[:2]))  # (2, ...) float32
 
 
 @dataclass(frozen=True)
@@ -102,7 +107,7 @@ class Stage(ABC):
             ctx.config, self.optimizer, plan.epochs * ctx.steps_per_epoch
         )
         self._scaler = torch.amp.GradScaler(
-            enabled=ctx.config.precision == "fp16" and ctx.device.type == "cuda"
+            enabled=ctx.runtime.precision == "fp16" and ctx.device.type == "cuda"
         )
 
     @abstractmethod
@@ -195,7 +200,8 @@ class KdStage(Stage):
         out = []
         with torch.no_grad(), ctx.autocast():
             for i in range(0, len(ctx.y), bs):
-                out.append(self.teacher(ctx.normalizer(ctx.x[i : i + bs])).float())
+                idx = torch.arange(i, min(i + bs, len(ctx.y)), device=ctx.device)
+                out.append(self.teacher(ctx.inputs(idx)).float())
         return torch.cat(out)  # (N, K)
 
 
@@ -220,7 +226,7 @@ class HintStage(Stage):
             )
             self._hint = taps.enter_context(FeatureTap(ctx.teacher, hint.teacher_layer, stop=True))
             self.regressor, hint_shape = self._build_regressor(ctx)  # draws its initial weights
-            self.regressor.to(ctx.device)
+            ctx.runtime.model(self.regressor)
             params = self._guided_params(ctx) + list(self.regressor.parameters())
             lr = plan.lr
             if lr is None:

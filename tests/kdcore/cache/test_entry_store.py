@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -22,10 +21,13 @@ from kdcore.cache.entry import save_outputs
 from kdcore.contract import DistillConfig
 from kdcore.data import Dataset, Normalizer, ViewBank, ViewPolicy
 from kdcore.losses import kd_loss
+from kdcore.runtime import Runtime
 from kdcore.train import train
 from kdcore.weights import freeze
 from tests.kdcore.cache.factories import key_inputs
 from tests.kdcore.factories import cnn, config, image_data
+
+FP32 = Runtime(torch.device("cpu"), "fp32", "contiguous")
 
 KEY = cache_key(key_inputs())
 K = 4
@@ -48,7 +50,7 @@ def teacher(tmp_path_factory: pytest.TempPathFactory, data: Dataset) -> nn.Modul
 def _outputs(teacher: nn.Module, data: Dataset) -> TeacherOutputs:
     bank = ViewBank.draw(ViewPolicy(crop_padding=1, crop=True, flip=True), len(data), K, seed=0)
     normalizer = Normalizer.fit(data)
-    return compute_outputs(teacher, data.x, normalizer, bank, autocast=contextlib.nullcontext)
+    return compute_outputs(teacher, data.x, normalizer, bank, runtime=FP32)
 
 
 def _shape(data: Dataset) -> tuple[int, int, int]:
