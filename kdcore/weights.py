@@ -34,6 +34,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
+from torch.export.unflatten import UnflattenedModule
 
 from kdcore.contract import Spec
 from kdcore.data import Normalizer
@@ -46,6 +47,7 @@ __all__ = [
     "detect_format",
     "freeze",
     "is_frozen",
+    "is_program",
     "load_model",
     "load_state_dict",
     "load_weights_into",
@@ -393,6 +395,14 @@ class RawInputProgram(nn.Module):
             x = self.normalizer.invert(x)  # (B, ...) raw values
         out: torch.Tensor = self.program(x)
         return out
+
+
+def is_program(model: nn.Module) -> bool:
+    """Whether ``model`` came from a code checkpoint (TorchScript, torch.export) rather than
+    kdcore's own builders: kdcore runs such a program as it is and never rewrites it (no
+    layout change, no layer folding)."""
+    programs = (torch.jit.ScriptModule, torch.fx.GraphModule, UnflattenedModule, RawInputProgram)
+    return isinstance(model, programs)
 
 
 def _load_torchscript(path: Path) -> tuple[nn.Module, bool]:

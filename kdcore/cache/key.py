@@ -24,7 +24,7 @@ from kdcore.data import Dataset
 
 __all__ = ["CACHE_FORMAT_VERSION", "CacheKey", "cache_key", "dataset_sha256", "file_sha256"]
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: teacher run with BatchNorm folded, resolved precision
 _CHUNK = 1 << 20
 
 

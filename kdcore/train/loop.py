@@ -42,6 +42,7 @@ from kdcore.cache.entry import Uncacheable, save_outputs
 from kdcore.contract import DistillConfig, Spec, StageName, StagePlan, plan_stages
 from kdcore.data import Dataset, Normalizer, ViewBank, ViewPolicy, augment, batches
 from kdcore.evaluate import predict, score
+from kdcore.fold import fold_batchnorm
 from kdcore.models import build_model
 from kdcore.runtime import Runtime, in_memory_format, resolve_runtime
 from kdcore.train.checkpoint import (
@@ -53,7 +54,7 @@ from kdcore.train.checkpoint import (
     start_or_resume,
 )
 from kdcore.train.stages import Batch, Context, Stage, start_stage
-from kdcore.weights import RawInputProgram, is_frozen
+from kdcore.weights import RawInputProgram, is_frozen, is_program
 
 
 @dataclass(frozen=True)
@@ -180,9 +181,14 @@ def train(
         student=student,
         teacher=_place_teacher(teacher, runtime) if teacher is not None else None,
     )
+    if ctx.teacher is not None:
+        folded = fold_batchnorm(ctx.teacher)  # a copy, or the teacher when nothing folds
+        ctx = replace(
+            ctx, logit_teacher=ctx.teacher if folded is ctx.teacher else runtime.model(folded)
+        )
     cache_info = CacheInfo()
     outputs = None
-    if ctx.teacher is not None and teacher_cache is not None and data_sha256 is not None:
+    if ctx.logit_teacher is not None and teacher_cache is not None and data_sha256 is not None:
         try:
             outputs, cache_info = _teacher_outputs(
                 ctx, train_data, teacher_cache, data_sha256=data_sha256, split=split
@@ -215,7 +221,7 @@ def train(
     # Exports and safetensors want contiguous weights, and the report times both models as
     # a deployer gets them; channels-last was for training speed.
     in_memory_format(student, "contiguous")
-    if ctx.teacher is not None and not isinstance(ctx.teacher, _PROGRAMS):
+    if ctx.teacher is not None and not is_program(ctx.teacher):
         in_memory_format(ctx.teacher, "contiguous")
     return TrainResult(
         student=student,
@@ -241,8 +247,8 @@ def _teacher_outputs(
     On a hit the teacher is not called at all (not even the shape check: the entry's shape
     is checked instead, and the key names the teacher and data that passed it).
     """
-    assert ctx.teacher is not None
-    teacher, config = ctx.teacher, ctx.config
+    assert ctx.logit_teacher is not None
+    teacher, config = ctx.logit_teacher, ctx.config
     policy = ViewPolicy.from_augment(config.augment, config.crop_padding, images=data.x.ndim == 4)
     k = views_per_sample(config, policy)
     inputs = CacheKey(
@@ -273,13 +279,10 @@ def _teacher_outputs(
     )
 
 
-_PROGRAMS = (torch.jit.ScriptModule, torch.fx.GraphModule, RawInputProgram)
-
-
 def _place_teacher(teacher: nn.Module, runtime: Runtime) -> nn.Module:
     """The teacher on the run's device; in channels-last too when it is a plain module (a
     compiled program keeps the layout it was traced with)."""
-    if isinstance(teacher, _PROGRAMS):
+    if is_program(teacher):
         return teacher.to(runtime.device)
     return runtime.model(teacher)
 

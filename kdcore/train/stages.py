@@ -45,7 +45,9 @@ class Context:
     y: torch.Tensor  # (N,)
     normalizer: Normalizer
     student: nn.Module
-    teacher: nn.Module | None  # frozen; present for "kd" and "fitnet"
+    teacher: nn.Module | None  # frozen; present for "kd" and "fitnet"; as given (hints)
+    # The teacher for logits: BatchNorm folded in (kdcore.fold), else the teacher itself.
+    logit_teacher: nn.Module | None = None
     # From the teacher cache: the teacher's logits per sample and view, on device.
     teacher_outputs: TeacherOutputs | None = None
 
@@ -168,8 +170,8 @@ class KdStage(Stage):
     name = "kd"
 
     def __init__(self, plan: StagePlan, ctx: Context) -> None:
-        assert ctx.teacher is not None, "train() refuses kd without a teacher"
-        self.teacher = ctx.teacher
+        assert ctx.logit_teacher is not None, "train() refuses kd without a teacher"
+        self.teacher = ctx.logit_teacher
         super().__init__(plan, ctx, ctx.student.parameters(), _main_lr(plan))
         self.cached = ctx.teacher_outputs
         # Without augmentation each sample's teacher output never changes: compute it once.

@@ -11,15 +11,29 @@ from kdcore.cache import CacheKey
 
 
 class CountingTeacher(nn.Module):
-    """A teacher that counts its forward calls (wrap, then freeze)."""
+    """A teacher that counts the batches it runs on (wrap, then freeze).
+
+    The count is kept by a hook on the first layer, in a list the hook closes over: copies
+    of the teacher (kdcore.fold folds a deep copy, which keeps the hook) add to the same
+    count, so "the teacher never ran" covers them too.
+    """
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
         self.inner = inner
-        self.calls = 0
+        count = self._count = [0]
+        first = next(m for m in inner.modules() if not any(m.children()))
+        first.register_forward_pre_hook(lambda _m, _args: count.__setitem__(0, count[0] + 1))
+
+    @property
+    def calls(self) -> int:
+        return self._count[0]
+
+    @calls.setter
+    def calls(self, value: int) -> None:
+        self._count[0] = value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
         out: torch.Tensor = self.inner(x)
         return out
 
