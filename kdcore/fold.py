@@ -9,20 +9,27 @@ project's CPU at batch 128 in channels-last, ResNet-20 inference went 1.9× fast
 
 The folding is torch.fx's (``torch.fx.experimental.optimization.fuse``): it traces the
 model and rewrites each conv→BatchNorm pair whose conv output has no other use. kdcore uses
-the folded copy for logits only (the KD stage, the teacher cache's build); FitNets hints and
-the report use the teacher as given, whose layer paths and parameter counts are the user's.
+the folded copy for logits (the KD stage, the teacher cache's build) and for a FitNets hint
+read from a layer the folded copy still computes as the teacher does
+(:func:`hint_source`); the report uses the teacher as given, whose layers and parameter
+counts are the user's.
 """
 
 from __future__ import annotations
 
 import warnings
 
-from torch import nn
+import torch
+from torch import fx, nn
 from torch.fx.experimental.optimization import fuse
 
 from kdcore.weights import freeze, is_program
 
-__all__ = ["fold_batchnorm"]
+__all__ = ["fold_batchnorm", "hint_source"]
+
+# Set on a folded copy: the dotted paths of the layers that took a BatchNorm in; their
+# output is the BatchNorm's, no longer their own.
+_FOLDED_INTO = "kdcore_folded_into"
 
 
 def fold_batchnorm(teacher: nn.Module) -> nn.Module:
@@ -38,6 +45,7 @@ def fold_batchnorm(teacher: nn.Module) -> nn.Module:
         return teacher
     try:
         folded = fuse(teacher)
+        setattr(folded, _FOLDED_INTO, _changed_layers(teacher, folded))
     except Exception as exc:  # tracing raises whatever the model's forward raises
         warnings.warn(
             f"could not fold the teacher's BatchNorm layers ({type(exc).__name__}: {exc}); "
@@ -46,3 +54,29 @@ def fold_batchnorm(teacher: nn.Module) -> nn.Module:
         )
         return teacher
     return freeze(folded)
+
+
+def _changed_layers(teacher: nn.Module, folded: nn.Module) -> frozenset[str]:
+    """Paths whose weights differ between the two: the layers a BatchNorm was folded into."""
+    before = dict(teacher.named_modules())
+    changed = set()
+    for path, module in folded.named_modules():
+        weight = getattr(module, "weight", None)
+        old = getattr(before.get(path), "weight", None)
+        if isinstance(weight, torch.Tensor) and isinstance(old, torch.Tensor):
+            if weight.shape != old.shape or not torch.equal(weight, old):
+                changed.add(path)
+    return frozenset(changed)
+
+
+def hint_source(teacher: nn.Module, folded: nn.Module, path: str) -> nn.Module:
+    """The model to read layer ``path`` from: ``folded`` when its graph still calls that
+    layer and computes there what ``teacher`` does (not a BatchNorm, which is gone, nor a
+    layer a BatchNorm was folded into, whose output is now the BatchNorm's), else ``teacher``.
+    """
+    if folded is teacher or not isinstance(folded, fx.GraphModule):
+        return teacher
+    called = {n.target for n in folded.graph.nodes if n.op == "call_module"}
+    if path not in called or path in getattr(folded, _FOLDED_INTO, frozenset()):
+        return teacher
+    return folded

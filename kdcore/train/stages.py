@@ -26,6 +26,7 @@ from torch import nn
 from kdcore.cache import TeacherOutputs
 from kdcore.contract import DistillConfig, StageName, StagePlan
 from kdcore.data import Normalizer
+from kdcore.fold import hint_source
 from kdcore.hooks import FeatureTap
 from kdcore.losses import hint_loss, kd_loss
 from kdcore.regressor import build_regressor
@@ -226,7 +227,10 @@ class HintStage(Stage):
             self._guided = taps.enter_context(
                 FeatureTap(ctx.student, hint.student_layer, stop=True)
             )
-            self._hint = taps.enter_context(FeatureTap(ctx.teacher, hint.teacher_layer, stop=True))
+            # The folded teacher where it computes the hint layer as the teacher does: faster.
+            assert ctx.logit_teacher is not None
+            source = hint_source(ctx.teacher, ctx.logit_teacher, hint.teacher_layer)
+            self._hint = taps.enter_context(FeatureTap(source, hint.teacher_layer, stop=True))
             self.regressor, hint_shape = self._build_regressor(ctx)  # draws its initial weights
             ctx.runtime.model(self.regressor)
             params = self._guided_params(ctx) + list(self.regressor.parameters())
