@@ -42,6 +42,9 @@ class TeacherCacheReport(BaseModel):
     key: str | None = None
     bytes: int = 0
     build_seconds: float = 0.0
+    note: str | None = None  # why the cache was not used, when one was asked for
+    # FitNets: the hint stage's entry of hint maps, the same fields (None for other methods).
+    hint: TeacherCacheReport | None = None
 
 
 class Report(BaseModel):

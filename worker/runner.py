@@ -446,7 +446,10 @@ class _Attempt:
             teacher=teacher,
             formats=list(self.formats),
             # The tenant goes into every key: tenants never share an entry.
-            cache=CacheInput(tenant=str(self.job.tenant_id))
+            cache=CacheInput(
+                tenant=str(self.job.tenant_id),
+                hint_max_bytes=self.settings.teacher_cache_max_hint_bytes,
+            )
             if teacher is not None and self.settings.teacher_cache
             else None,
         )

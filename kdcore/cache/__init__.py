@@ -9,7 +9,8 @@
 :func:`kdcore.train.train` takes a :class:`CacheRequest`; with one, the KD stage (``kd``, and
 FitNets' second stage) reads the teacher's logits for each sample's view of the epoch from
 the entry and never runs the teacher, and the student trains on the same view. FitNets'
-hint stage still runs the teacher: hint maps are not cached yet.
+hint stage does the same with the hint layer's maps, in an entry of their own, when it fits
+:attr:`CacheRequest.hint_max_bytes`; otherwise it runs the teacher.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from kdcore.cache.entry import CorruptEntry, TeacherOutputs, compute_outputs, load_outputs
 from kdcore.cache.key import CACHE_FORMAT_VERSION, CacheKey, cache_key, dataset_sha256, file_sha256
 from kdcore.cache.store import CacheInfo, LocalFolderCache, TeacherCache, load_or_build
-from kdcore.contract import DistillConfig
+from kdcore.contract import HINT_CACHE_MAX_BYTES, DistillConfig
 from kdcore.data import ViewPolicy
 
 __all__ = [
@@ -53,19 +54,23 @@ class CacheRequest:
         data_sha256: the training data's sha256 before any split; None: hash the tensors
             (:func:`dataset_sha256`).
         tenant: goes into the key (:attr:`CacheKey.tenant`); the service's business.
+        hint_max_bytes: FitNets stage 1 reads the hint maps from the cache when their entry
+            is at most this many bytes; else stage 1 runs the teacher as without a cache
+            (:data:`kdcore.contract.HINT_CACHE_MAX_BYTES`, the default, says why 2 GiB).
     """
 
     store: TeacherCache
     teacher_sha256: str
     data_sha256: str | None = None
     tenant: str | None = None
+    hint_max_bytes: int = HINT_CACHE_MAX_BYTES
 
 
-def views_per_sample(config: DistillConfig, policy: ViewPolicy) -> int:
-    """``K`` for a run: 1 without augmentation (the sample itself), else
-    ``min(teacher_views, epochs)``: the KD stage runs ``epochs`` epochs and shows each
-    sample one view per epoch, so more views would never be seen, and the build never runs
-    the teacher more often than the in-loop teacher would have."""
+def views_per_sample(config: DistillConfig, policy: ViewPolicy, epochs: int) -> int:
+    """``K`` for a stage of ``epochs`` epochs: 1 without augmentation (the sample itself),
+    else ``min(teacher_views, epochs)``: the stage shows each sample one view per epoch, so
+    more views would never be seen, and the build never runs the teacher more often than
+    the in-loop teacher would have."""
     if not policy.active:
         return 1
-    return min(config.teacher_views, config.epochs)
+    return min(config.teacher_views, epochs)

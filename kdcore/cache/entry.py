@@ -1,4 +1,5 @@
-"""A cache entry: a teacher's logits on every view of a :class:`~kdcore.data.ViewBank`.
+"""A cache entry: a teacher's outputs on every view of a :class:`~kdcore.data.ViewBank`:
+its logits (the KD stage), or the map of a hint layer (FitNets stage 1).
 
 File format: one safetensors file, read in one sequential pass (never one file per sample:
 torchdistill dropped its per-sample cache because small reads were slower than decoding).
@@ -6,7 +7,8 @@ torchdistill dropped its per-sample cache because small reads were slower than d
 =========  ===========  =================================================================
 tensor     dtype        shape and meaning
 =========  ===========  =================================================================
-logits     float16      ``(N, K, C)``: the teacher's logits for sample, view, class
+values     float16      ``(N, K, ...)``: the teacher's output for sample and view: logits
+                        ``(N, K, C)``, or a hint map ``(N, K, C_h, H_h, W_h)``
 views      int16        ``(N, K, 3)``: each view's ``(row, col, flip)``
 start      int64        ``(N,)``: the view each sample shows in epoch 1
 =========  ===========  =================================================================
@@ -33,12 +35,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import safetensors.torch
 import torch
-from torch import nn
 
 from kdcore.cache.key import CACHE_FORMAT_VERSION
 from kdcore.data import Normalizer, ViewBank, ViewPolicy
@@ -63,8 +65,9 @@ _FP16_MAX = float(torch.finfo(torch.float16).max)
 
 
 class Uncacheable(ValueError):
-    """The teacher's outputs cannot be stored (not finite, or beyond float16's range): the
-    run keeps the teacher in the loop instead (:func:`kdcore.train.train`)."""
+    """The teacher's outputs cannot be stored (not finite, beyond float16's range, or a hint
+    map over the memory budget): the run keeps the teacher in the loop instead
+    (:func:`kdcore.train.train`)."""
 
 
 class CorruptEntry(Exception):
@@ -73,26 +76,26 @@ class CorruptEntry(Exception):
 
 @dataclass(frozen=True)
 class TeacherOutputs:
-    """The teacher's logits on each view of a bank.
+    """The teacher's outputs (logits, or a hint layer's maps) on each view of a bank.
 
     Attributes:
-        logits: ``(N, K, C)`` float16.
+        values: ``(N, K, ...)`` float16.
         bank: the views (``K`` per sample) and each epoch's choice among them.
     """
 
-    logits: torch.Tensor
+    values: torch.Tensor
     bank: ViewBank
 
     def to(self, device: torch.device) -> TeacherOutputs:
-        return TeacherOutputs(self.logits.to(device), self.bank.to(device))
+        return TeacherOutputs(self.values.to(device), self.bank.to(device))
 
     def lookup(self, idx: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
-        """``(B, C)`` float32 logits of view ``view[j]`` of sample ``idx[j]``."""
-        return self.logits[idx, view].float()
+        """``(B, ...)`` float32 outputs of view ``view[j]`` of sample ``idx[j]``."""
+        return self.values[idx, view].float()
 
 
 def compute_outputs(
-    teacher: nn.Module,
+    teacher: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
     normalizer: Normalizer,
     bank: ViewBank,
@@ -102,7 +105,8 @@ def compute_outputs(
     """Run the frozen teacher once on every view, in inference mode and large batches.
 
     Args:
-        teacher: frozen, in eval mode, taking normalized batches, on ``x``'s device.
+        teacher: a normalized batch to the teacher's output for it (its logits, or a hint
+            layer's map), frozen, on ``x``'s device.
         x: ``(N, ...)`` raw training samples.
         normalizer: the training normalizer.
         bank: the views (its tensors on the CPU or ``x``'s device).
@@ -110,7 +114,7 @@ def compute_outputs(
             the loop) and memory format.
 
     Raises:
-        Uncacheable: a logit does not fit in float16.
+        Uncacheable: an output does not fit in float16.
     """
     n, k = len(x), bank.views
     step = BUILD_BATCH.get(x.device.type, BUILD_BATCH["cpu"])
@@ -124,18 +128,19 @@ def compute_outputs(
             for v in range(k):
                 view = torch.full_like(idx, v)
                 with runtime.autocast():
-                    xv = runtime.batch(bank.apply(xb, idx, view))
-                    per_view.append(teacher(xv).float())  # (B, C)
-            chunks.append(torch.stack(per_view, 1))  # (B, K, C)
-    logits = torch.cat(chunks).cpu()  # (N, K, C) float32
-    if not torch.isfinite(logits).all() or logits.abs().max() > _FP16_MAX:
-        raise Uncacheable("the teacher's logits are not finite or too large for float16 storage")
-    return TeacherOutputs(logits.half(), bank.to(torch.device("cpu")))
+                    out = teacher(runtime.batch(bank.apply(xb, idx, view))).float()  # (B, ...)
+                if not torch.isfinite(out).all() or out.abs().max() > _FP16_MAX:
+                    raise Uncacheable(
+                        "the teacher's outputs are not finite or too large for float16 storage"
+                    )
+                per_view.append(out.half().contiguous())  # stored precision at once
+            chunks.append(torch.stack(per_view, 1).cpu())  # (B, K, ...)
+    return TeacherOutputs(torch.cat(chunks), bank.to(torch.device("cpu")))
 
 
 def _tensors(outputs: TeacherOutputs) -> dict[str, torch.Tensor]:
     return {
-        "logits": outputs.logits.cpu().contiguous(),
+        "values": outputs.values.cpu().contiguous(),
         "views": outputs.bank.params.cpu().contiguous(),
         "start": outputs.bank.start.cpu().contiguous(),
     }
@@ -172,13 +177,13 @@ def save_outputs(path: Path, outputs: TeacherOutputs, *, key: str, inputs: str) 
     safetensors.torch.save_file(tensors, str(path), metadata=meta)
 
 
-def load_outputs(path: Path, *, key: str, shape: tuple[int, int, int]) -> TeacherOutputs:
+def load_outputs(path: Path, *, key: str, shape: tuple[int, ...]) -> TeacherOutputs:
     """Read and verify an entry in one sequential read.
 
     Args:
         path: the entry's file.
         key: the key it must carry.
-        shape: the ``(N, K, C)`` the caller needs.
+        shape: the ``(N, K, ...)`` values the caller needs.
 
     Raises:
         CorruptEntry: the file does not parse, its hash, format, key or shapes disagree.
@@ -195,19 +200,19 @@ def load_outputs(path: Path, *, key: str, shape: tuple[int, int, int]) -> Teache
         raise CorruptEntry(f"cache entry {path.name} has another format or version")
     if meta.get("key") != key:
         raise CorruptEntry(f"cache entry {path.name} carries another key")
-    if set(tensors) != {"logits", "views", "start"} or meta.get("sha256") != tensors_sha256(
+    if set(tensors) != {"values", "views", "start"} or meta.get("sha256") != tensors_sha256(
         tensors
     ):
         raise CorruptEntry(f"cache entry {path.name} fails its sha256 check")
-    logits, views, start = tensors["logits"], tensors["views"], tensors["start"]
-    n, k, c = shape
+    values, views, start = tensors["values"], tensors["views"], tensors["start"]
+    n, k = shape[:2]
     if (
-        logits.shape != (n, k, c)
-        or logits.dtype != torch.float16
+        values.shape != shape
+        or values.dtype != torch.float16
         or views.shape != (n, k, 3)
         or start.shape != (n,)
     ):
         raise CorruptEntry(
-            f"cache entry {path.name} holds logits {tuple(logits.shape)}, expected {shape}"
+            f"cache entry {path.name} holds values {tuple(values.shape)}, expected {shape}"
         )
-    return TeacherOutputs(logits, ViewBank(policy, views, start))
+    return TeacherOutputs(values, ViewBank(policy, views, start))

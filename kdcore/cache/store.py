@@ -90,13 +90,14 @@ class CacheInfo:
     key: str | None = None
     bytes: int = 0
     build_seconds: float = 0.0
+    note: str | None = None  # why it is "off" when a cache was asked for
 
 
 def load_or_build(
     store: TeacherCache,
     key: str,
     *,
-    shape: tuple[int, int, int],
+    shape: tuple[int, ...],
     build: Callable[[], TeacherOutputs],
     save: Callable[[Path, TeacherOutputs], None],
 ) -> tuple[TeacherOutputs, CacheInfo]:
@@ -109,7 +110,7 @@ def load_or_build(
     Args:
         store: where entries live.
         key: the entry's key (:func:`kdcore.cache.key.cache_key`).
-        shape: the ``(N, K, C)`` logits the run needs.
+        shape: the ``(N, K, ...)`` values the run needs.
         build: computes the outputs (runs the teacher).
         save: writes outputs to a file (:func:`kdcore.cache.entry.save_outputs`).
     """

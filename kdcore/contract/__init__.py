@@ -6,6 +6,7 @@ FitNets regressor rule, and the one way a violation is worded for the user.
 """
 
 from kdcore.contract.config import (
+    HINT_CACHE_MAX_BYTES,
     DistillConfig,
     HintConfig,
     StageName,
@@ -35,6 +36,7 @@ from kdcore.contract.registry import (
 from kdcore.contract.regressor import RegressorError, RegressorPlan, check_hint, plan_regressor
 
 __all__ = [
+    "HINT_CACHE_MAX_BYTES",
     "ArchSpec",
     "CnnSpec",
     "DistillConfig",

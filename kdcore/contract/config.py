@@ -61,6 +61,14 @@ from kdcore.contract.errors import parse_json_model
 
 StageName = Literal["scratch", "hint", "kd"]
 
+# With a teacher cache, FitNets stage 1 reads the hint layer's maps from the cache only when
+# their entry (N·K·hint size·2 bytes, float16) is at most this; else it runs the teacher. The
+# run holds the entry in memory on the training device, so this is a memory budget. 2 GiB: a
+# CIFAR-sized hint of 32×16×16 over 45,000 samples is 737 MB per view (up to 2 hint epochs
+# fit); MNIST-sized hints fit for far more. The engine's default and the service setting's
+# (KDSERVE_TEACHER_CACHE_MAX_HINT_BYTES).
+HINT_CACHE_MAX_BYTES = 2 << 30
+
 
 class HintConfig(BaseModel):
     """FitNets stage 1: which layers meet, and how long the hint stage runs.

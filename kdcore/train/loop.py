@@ -27,24 +27,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from kdcore.cache import (
-    CacheInfo,
-    CacheKey,
-    CacheRequest,
-    TeacherOutputs,
-    cache_key,
-    compute_outputs,
-    dataset_sha256,
-    load_or_build,
-    views_per_sample,
-)
-from kdcore.cache.entry import Uncacheable, save_outputs
+from kdcore.cache import CacheInfo, CacheRequest, dataset_sha256
 from kdcore.contract import DistillConfig, Spec, StageName, StagePlan, plan_stages
-from kdcore.data import Dataset, Normalizer, ViewBank, ViewPolicy, augment, batches
+from kdcore.data import Dataset, Normalizer, augment, batches
 from kdcore.evaluate import predict, score
 from kdcore.fold import fold_batchnorm
 from kdcore.models import build_model
 from kdcore.runtime import Runtime, in_memory_format, resolve_runtime
+from kdcore.train.cached import CachedRun, check_teacher, from_cache
 from kdcore.train.checkpoint import (
     Checkpoint,
     RunState,
@@ -100,7 +90,8 @@ class TrainResult:
     stage_seconds: dict[str, float]
     best: dict[str, Any]
     runtime: Runtime
-    teacher_cache: CacheInfo = field(default_factory=CacheInfo)
+    teacher_cache: CacheInfo = field(default_factory=CacheInfo)  # the KD stage's logits
+    hint_cache: CacheInfo = field(default_factory=CacheInfo)  # FitNets stage 1's hint maps
 
 
 ProgressFn = Callable[[Progress], None]
@@ -186,21 +177,16 @@ def train(
         ctx = replace(
             ctx, logit_teacher=ctx.teacher if folded is ctx.teacher else runtime.model(folded)
         )
-    cache_info = CacheInfo()
-    outputs = None
-    if ctx.logit_teacher is not None and teacher_cache is not None and data_sha256 is not None:
-        try:
-            outputs, cache_info = _teacher_outputs(
-                ctx, train_data, teacher_cache, data_sha256=data_sha256, split=split
-            )
-        except Uncacheable:
-            # Logits fp16 cannot hold: the run is what it would be without a cache (the
-            # teacher in the loop, "off" in the report), not a failure; nothing is stored.
-            outputs = None
-    if outputs is not None:
-        ctx = replace(ctx, teacher_outputs=outputs.to(device))
-    elif ctx.teacher is not None:
-        _check_teacher(ctx.teacher, train_data, normalizer, runtime)
+    cached = CachedRun()
+    if ctx.teacher is not None and teacher_cache is not None and data_sha256 is not None:
+        cached = from_cache(ctx, train_data, teacher_cache, data_sha256=data_sha256, split=split)
+        ctx = replace(
+            ctx,
+            teacher_outputs=cached.logits.to(device) if cached.logits else None,
+            hint_outputs=cached.hints.to(device) if cached.hints else None,
+        )
+    if ctx.teacher is not None and cached.logits is None:
+        check_teacher(ctx, train_data)
 
     state, saved = start_or_resume(out_dir, student, device, resume=resume)
     driver = _Driver(
@@ -232,50 +218,8 @@ def train(
         stage_seconds=state.stage_seconds,
         best=state.best,
         runtime=runtime,
-        teacher_cache=cache_info,
-    )
-
-
-def _teacher_outputs(
-    ctx: Context, data: Dataset, request: CacheRequest, *, data_sha256: str, split: bool
-) -> tuple[TeacherOutputs, CacheInfo]:
-    """The teacher's logits on the run's view bank, from the cache or built into it.
-
-    ``data``: the training part; ``data_sha256``: the data before the split; ``split``:
-    whether ``val_split`` of it was held out.
-
-    On a hit the teacher is not called at all (not even the shape check: the entry's shape
-    is checked instead, and the key names the teacher and data that passed it).
-    """
-    assert ctx.logit_teacher is not None
-    teacher, config = ctx.logit_teacher, ctx.config
-    policy = ViewPolicy.from_augment(config.augment, config.crop_padding, images=data.x.ndim == 4)
-    k = views_per_sample(config, policy)
-    inputs = CacheKey(
-        teacher_sha256=request.teacher_sha256,
-        data_sha256=data_sha256,
-        val_split=config.val_split if split else 0.0,
-        split_seed=config.seed if split else 0,
-        normalizer=ctx.normalizer.to_dict(),
-        augment=config.augment,
-        crop_padding=config.crop_padding,
-        views_seed=config.seed,
-        views=k,
-        precision=ctx.runtime.precision,
-        tenant=request.tenant,
-    )
-    key = cache_key(inputs)
-
-    def build() -> TeacherOutputs:
-        _check_teacher(teacher, data, ctx.normalizer, ctx.runtime)
-        bank = ViewBank.draw(policy, len(data), k, inputs.views_seed)
-        return compute_outputs(teacher, ctx.x, ctx.normalizer, bank, runtime=ctx.runtime)
-
-    def save(path: Path, outputs: TeacherOutputs) -> None:
-        save_outputs(path, outputs, key=key, inputs=inputs.canonical_json())
-
-    return load_or_build(
-        request.store, key, shape=(len(data), k, data.num_classes), build=build, save=save
+        teacher_cache=cached.logits_info,
+        hint_cache=cached.hints_info,
     )
 
 
@@ -285,19 +229,6 @@ def _place_teacher(teacher: nn.Module, runtime: Runtime) -> nn.Module:
     if is_program(teacher):
         return teacher.to(runtime.device)
     return runtime.model(teacher)
-
-
-def _check_teacher(
-    teacher: nn.Module, data: Dataset, normalizer: Normalizer, runtime: Runtime
-) -> None:
-    with torch.no_grad():
-        out = teacher(runtime.batch(normalizer(data.x[:2].to(runtime.device))))
-    if not isinstance(out, torch.Tensor) or out.shape != (2, data.num_classes):
-        got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(
-            f"the teacher outputs {got} per sample, but the data has {data.num_classes} classes; "
-            "use a teacher trained on these classes"
-        )
 
 
 @dataclass

@@ -49,8 +49,10 @@ class Context:
     teacher: nn.Module | None  # frozen; present for "kd" and "fitnet"; as given (hints)
     # The teacher for logits: BatchNorm folded in (kdcore.fold), else the teacher itself.
     logit_teacher: nn.Module | None = None
-    # From the teacher cache: the teacher's logits per sample and view, on device.
+    # From the teacher cache, on device: the teacher's logits, and FitNets' hint maps, per
+    # sample and view (None: that stage runs the teacher).
     teacher_outputs: TeacherOutputs | None = None
+    hint_outputs: TeacherOutputs | None = None
 
     @property
     def device(self) -> torch.device:
@@ -223,14 +225,17 @@ class HintStage(Stage):
         hint = ctx.config.hint
         assert hint is not None, "plan_stages plans a hint stage for fitnet only"
         assert ctx.teacher is not None, "train() refuses fitnet without a teacher"
+        self.cached = ctx.hint_outputs
         with contextlib.ExitStack() as taps:
             self._guided = taps.enter_context(
                 FeatureTap(ctx.student, hint.student_layer, stop=True)
             )
-            # The folded teacher where it computes the hint layer as the teacher does: faster.
-            assert ctx.logit_teacher is not None
-            source = hint_source(ctx.teacher, ctx.logit_teacher, hint.teacher_layer)
-            self._hint = taps.enter_context(FeatureTap(source, hint.teacher_layer, stop=True))
+            self._hint: FeatureTap | None = None
+            if self.cached is None:
+                # The folded teacher where it computes the hint layer as the teacher does.
+                assert ctx.logit_teacher is not None
+                source = hint_source(ctx.teacher, ctx.logit_teacher, hint.teacher_layer)
+                self._hint = taps.enter_context(FeatureTap(source, hint.teacher_layer, stop=True))
             self.regressor, hint_shape = self._build_regressor(ctx)  # draws its initial weights
             ctx.runtime.model(self.regressor)
             params = self._guided_params(ctx) + list(self.regressor.parameters())
@@ -244,8 +249,13 @@ class HintStage(Stage):
 
     def loss(self, batch: Batch) -> Loss:
         assert self.regressor is not None
-        with torch.no_grad():
-            _, hint = self._hint.run(batch.x)  # (B, O_h, N_h, N_h)
+        if self.cached is not None:
+            assert batch.view is not None, "the driver builds cached stages' batches from views"
+            hint = self.cached.lookup(batch.idx, batch.view)  # (B, O_h, N_h, N_h)
+        else:
+            assert self._hint is not None
+            with torch.no_grad():
+                _, hint = self._hint.run(batch.x)  # (B, O_h, N_h, N_h)
         _, guided = self._guided.run(batch.x)  # (B, O_g, N_g, N_g)
         loss = hint_loss(hint, self.regressor(guided))
         return loss, {"hint": loss.detach()}
@@ -254,8 +264,11 @@ class HintStage(Stage):
         """The regressor for these layers, and the hint's per-sample shape."""
         with torch.no_grad(), _eval(ctx.student):  # the teacher is in eval mode already
             _, guided = self._guided.run(ctx.probe())
-            _, hint = self._hint.run(ctx.probe())
-        hint_shape = tuple(hint.shape[1:])
+            if self.cached is not None:
+                hint_shape = tuple(self.cached.values.shape[2:])
+            else:
+                assert self._hint is not None
+                hint_shape = tuple(self._hint.run(ctx.probe())[1].shape[1:])
         return build_regressor(tuple(guided.shape[1:]), hint_shape), hint_shape
 
     def _guided_params(self, ctx: Context) -> list[nn.Parameter]:

@@ -61,8 +61,8 @@ def test_outputs_are_the_teacher_on_each_view_and_round_trip(
     tmp_path: Path, teacher: nn.Module, data: Dataset
 ) -> None:
     outputs = _outputs(teacher, data)
-    assert outputs.logits.shape == _shape(data)
-    assert outputs.logits.dtype == torch.float16
+    assert outputs.values.shape == _shape(data)
+    assert outputs.values.dtype == torch.float16
     normalizer = Normalizer.fit(data)
     idx, view = torch.tensor([3, 9, 40]), torch.tensor([0, 3, 1])
     with torch.no_grad():
@@ -71,7 +71,7 @@ def test_outputs_are_the_teacher_on_each_view_and_round_trip(
 
     save_outputs(tmp_path / "e", outputs, key=KEY, inputs="{}")
     back = load_outputs(tmp_path / "e", key=KEY, shape=_shape(data))
-    assert torch.equal(back.logits, outputs.logits)
+    assert torch.equal(back.values, outputs.values)
     assert torch.equal(back.bank.params, outputs.bank.params)
     assert torch.equal(back.bank.start, outputs.bank.start)
     assert back.bank.policy == outputs.bank.policy
@@ -148,7 +148,7 @@ def test_a_damaged_entry_is_discarded_and_rebuilt(
         load_outputs(path, key=KEY, shape=_shape(data))
     again, info = load_or_build(store, KEY, shape=_shape(data), build=build, save=_save)
     assert (info.status, calls[0]) == ("miss", 2)
-    assert torch.equal(again.logits, first.logits)
+    assert torch.equal(again.values, first.values)
     load_outputs(path, key=KEY, shape=_shape(data))  # valid again
 
 

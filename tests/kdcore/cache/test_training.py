@@ -142,20 +142,57 @@ def test_resume_with_a_warm_cache_equals_uninterrupted(
         assert torch.equal(a, b), f"{name} differs after resuming from epoch {stop_after}"
 
 
-def test_a_kd_step_with_a_warm_cache_never_calls_the_teacher(tmp_path: Path, data: Dataset) -> None:
-    """FitNets: the hint stage still runs the teacher (hint maps are not cached), KD not."""
+def test_fitnet_with_a_warm_cache_runs_the_teacher_only_for_the_hint_shape(
+    tmp_path: Path, data: Dataset
+) -> None:
+    """Both entries hit: the hint stage reads the hint maps, the KD stage the logits; the
+    teacher runs once, on two samples, to learn the hint map's shape."""
     teacher = counting_teacher(data)
     cfg = kd_config(method="fitnet", hint=HINT)
-    train_cached(tmp_path, "a", teacher, data, cfg=cfg)
+    first = train_cached(tmp_path, "a", teacher, data, cfg=cfg)
+    assert (first.teacher_cache.status, first.hint_cache.status) == ("miss", "miss")
+    assert first.hint_cache.key != first.teacher_cache.key
     calls: dict[str, int] = {}
 
     def record(p: Progress) -> None:
         calls[p.stage] = teacher.calls
 
     teacher.calls = 0
-    train_cached(tmp_path, "b", teacher, data, cfg=cfg, on_progress=record)
-    assert calls["hint"] > 0
-    assert calls["kd"] == calls["hint"]  # no call during the KD stage
+    second = train_cached(tmp_path, "b", teacher, data, cfg=cfg, on_progress=record)
+    assert (second.teacher_cache.status, second.hint_cache.status) == ("hit", "hit")
+    assert calls == {"hint": 1, "kd": 1}
+
+
+def test_hint_maps_over_the_budget_keep_the_teacher_in_the_hint_stage(
+    tmp_path: Path, data: Dataset
+) -> None:
+    teacher = counting_teacher(data)
+    cfg = kd_config(method="fitnet", hint=HINT)
+    store = LocalFolderCache(tmp_path / "cache")
+    request = CacheRequest(store, TEACHER_SHA, hint_max_bytes=1000)
+    calls: dict[str, int] = {}
+
+    def record(p: Progress) -> None:
+        calls[p.stage] = teacher.calls
+
+    for out in ("a", "b"):
+        teacher.calls = 0
+        result = train(
+            spec=cnn(),
+            config=cfg,
+            train_data=data,
+            teacher=teacher,
+            out_dir=tmp_path / out,
+            teacher_cache=request,
+            on_progress=record,
+        )
+        assert result.hint_cache.status == "off"
+        assert result.hint_cache.note is not None
+        assert "exceed the budget" in result.hint_cache.note
+    assert result.teacher_cache.status == "hit"  # the logits are cached all the same
+    assert calls["hint"] > 2  # a call per batch in the hint stage
+    assert calls["kd"] == calls["hint"]
+    assert len(list((tmp_path / "cache").iterdir())) == 1
 
 
 def test_pipeline_reports_miss_then_hit(tmp_path: Path) -> None:
