@@ -107,6 +107,41 @@ def test_another_tenant_sees_nothing(stack: Stack, finished: dict[str, Any]) -> 
         assert info.value.status == 404
 
 
+def test_the_same_job_again_reads_the_teacher_cache(
+    stack: Stack, alice: KDServeClient, finished: dict[str, Any]
+) -> None:
+    """The first FitNets job built the teacher's logits and hint maps into the tenant's
+    cache; the same job again reads both (the teacher does not run) and learns the same."""
+    first = finished["job"]
+    again = alice.submit_job(
+        student=first["student"],
+        teacher_id=first["teacher_id"],
+        dataset_id=first["dataset_id"],
+        val_dataset_id=first["val_dataset_id"],
+        name="student again",
+        config=first["config"],
+    )
+    done = alice.wait_for("jobs", again["id"], timeout=300)
+    assert done["status"] == "succeeded", (done, stack.log("worker"))
+    before, after = alice.job_report(first["id"]), alice.job_report(again["id"])
+    assert (before["teacher_cache"]["status"], before["teacher_cache"]["hint"]["status"]) == (
+        "miss",
+        "miss",
+    )
+    assert (after["teacher_cache"]["status"], after["teacher_cache"]["hint"]["status"]) == (
+        "hit",
+        "hit",
+    )
+    assert after["teacher_cache"]["key"] == before["teacher_cache"]["key"]
+    assert after["student"]["accuracy"] == pytest.approx(before["student"]["accuracy"])
+    entries = alice.list_cache_entries()
+    keys = {after["teacher_cache"]["key"], after["teacher_cache"]["hint"]["key"]}
+    assert {e["key"] for e in entries} >= keys
+    assert all(e["hits"] >= 1 for e in entries if e["key"] in keys)
+    carol = stack.client(stack.run("keys", "create", "--tenant", "carol"))
+    assert carol.list_cache_entries() == []
+
+
 def _objects(stack: Stack, prefix: str) -> list[str]:
     env = stack.env
     s3 = boto3.client(
