@@ -51,6 +51,7 @@ format: setup
 bench: setup
 	$(PY) benchmarks/train_throughput.py
 	$(PY) benchmarks/teacher_cache.py
+	$(PY) benchmarks/precision.py
 	$(PY) benchmarks/api_latency.py
 	$(PY) benchmarks/sandbox_start.py
 	$(PY) benchmarks/load_test.py

@@ -100,7 +100,11 @@ def bench(name: str, teacher_spec: Spec, student_spec: Spec, ds: Dataset, epochs
             spec=student_spec, config=kd, train_data=ds, teacher=teacher, teacher_cache=request
         )
     ratio = macs(teacher_spec) / macs(student_spec)
-    print(f"\n{name}: teacher/student MACs {ratio:.2f}x, {len(ds)} samples, {epochs} epochs")
+    rt = warm.runtime
+    print(
+        f"\n{name}: teacher/student MACs {ratio:.2f}x, {len(ds)} samples, {epochs} epochs, "
+        f"{rt.precision}, {rt.memory_format} (the defaults' resolution)"
+    )
     print(f"  {'run':<9} {'samples/s':>10} {'seconds':>8}")
     for run, result, seconds in (
         ("scratch", scratch, t_scratch),
