@@ -3,9 +3,9 @@
 A frozen teacher's BatchNorm is a fixed per-channel scale and shift, so it can be merged
 into the weights of the convolution (or linear layer) that feeds it, as inference engines
 do. The logits change by float rounding only (3e-6 at most on a ResNet-20 in fp32), and the
-teacher's forward pass, the largest cost of distillation, gets much cheaper: measured on this
-project's CPU at batch 128 in channels-last, ResNet-20 inference went 1.9× faster in fp32 and
-2.5× in bf16 (docs/results.md).
+teacher's forward pass, the largest cost of distillation, gets cheaper: on this project's
+CPU at batch 128 in bf16 and channels-last, ResNet-20 inference ran 1.10× faster and the
+CIFAR-10 example teacher 1.05× (``benchmarks/precision.py``, docs/results.md).
 
 The folding is torch.fx's (``torch.fx.experimental.optimization.fuse``): it traces the
 model and rewrites each conv→BatchNorm pair whose conv output has no other use. kdcore uses
