@@ -17,7 +17,7 @@ from pathlib import Path
 from torch import nn
 
 from kdcore.cache import CacheRequest, TeacherCache, file_sha256
-from kdcore.contract import HINT_CACHE_MAX_BYTES, DistillConfig, Spec
+from kdcore.contract import CACHE_ENTRY_MAX_BYTES, DistillConfig, Spec
 from kdcore.data import Dataset, load_dataset
 from kdcore.export import StudentMeta, export_student
 from kdcore.files import atomic_write
@@ -60,7 +60,7 @@ def run(
     resume: bool = True,
     teacher_cache: TeacherCache | None = None,
     cache_tenant: str | None = None,
-    cache_hint_max_bytes: int | None = None,
+    cache_entry_max_bytes: int | None = None,
 ) -> Report:
     """Run a job end to end and return its report (also written to ``out_dir/report.json``).
 
@@ -69,7 +69,7 @@ def run(
     key is the sha256 of its file; the data's, that of its file (or of the tensors, for a
     :class:`Dataset` or a folder). ``cache_tenant`` goes into the key
     (:attr:`kdcore.cache.CacheKey.tenant`): the service's, so tenants never share entries.
-    ``cache_hint_max_bytes``: :attr:`kdcore.cache.CacheRequest.hint_max_bytes` (None: the
+    ``cache_entry_max_bytes``: :attr:`kdcore.cache.CacheRequest.entry_max_bytes` (None: the
     default).
     """
     train_data = data if isinstance(data, Dataset) else load_dataset(data)
@@ -92,9 +92,9 @@ def run(
             teacher_sha256=file_sha256(teacher.path),
             data_sha256=file_sha256(data) if isinstance(data, Path) and data.is_file() else None,
             tenant=cache_tenant,
-            hint_max_bytes=HINT_CACHE_MAX_BYTES
-            if cache_hint_max_bytes is None
-            else cache_hint_max_bytes,
+            entry_max_bytes=CACHE_ENTRY_MAX_BYTES
+            if cache_entry_max_bytes is None
+            else cache_entry_max_bytes,
         )
     result = train(
         spec=spec,

@@ -8,10 +8,11 @@ the resolved values.
 The rule for ``precision: "auto"`` follows measurements (docs/results.md, "Precision and
 memory format"): bf16 autocast where the hardware computes bf16 natively (a CUDA GPU that
 supports it; a CPU with AVX-512 BF16 or AMX), where training steps ran 1.7–2.3× faster than
-fp32 contiguous here (with channels-last), CIFAR-10 accuracy in docs/results.md; fp16 with loss scaling on older CUDA GPUs; fp32
-elsewhere (a CPU without bf16 instructions emulates it, which is slower than fp32). The rule
-reads the hardware, never a timing, so one machine always resolves a config the same way and
-a resumed run computes exactly as the interrupted one did.
+fp32 contiguous here (with channels-last), CIFAR-10 accuracy in docs/results.md; fp16 with
+loss scaling on older CUDA GPUs; fp32 elsewhere (a CPU without bf16 instructions emulates
+it, which is slower than fp32). The rule reads the hardware, never a timing, so one machine
+always resolves a config the same way and a resumed run computes exactly as the interrupted
+one did.
 
 ``memory_format: "auto"`` is channels-last for image models (4-D inputs): convolutions run
 faster on NHWC tensors on CPUs and on GPUs' tensor cores (1.36–1.50× in fp32 on this CPU

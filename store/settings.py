@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from kdcore.contract import HINT_CACHE_MAX_BYTES
+from kdcore.contract import CACHE_ENTRY_MAX_BYTES
 
 MiB = 1024 * 1024
 
@@ -69,8 +69,8 @@ class Settings(BaseSettings):
     teacher_cache_max_bytes_per_tenant: int = Field(default=20 * 1024 * MiB, gt=0)
     teacher_cache_max_bytes: int = Field(default=200 * 1024 * MiB, gt=0)
     # FitNets hint maps are cached when their entry fits this: a job's memory budget
-    # (kdcore.contract.HINT_CACHE_MAX_BYTES says why 2 GiB); 0: never cache hint maps.
-    teacher_cache_max_hint_bytes: int = Field(default=HINT_CACHE_MAX_BYTES, ge=0)
+    # (kdcore.contract.CACHE_ENTRY_MAX_BYTES says why 2 GiB); 0: never cache hint maps.
+    teacher_cache_max_entry_bytes: int = Field(default=CACHE_ENTRY_MAX_BYTES, ge=0)
 
     # -- the job sandbox (worker/sandbox) ----------------------------------------------------
     # "auto": bubblewrap namespaces where they work, else a plain child process (code

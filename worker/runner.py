@@ -448,7 +448,7 @@ class _Attempt:
             # The tenant goes into every key: tenants never share an entry.
             cache=CacheInput(
                 tenant=str(self.job.tenant_id),
-                hint_max_bytes=self.settings.teacher_cache_max_hint_bytes,
+                entry_max_bytes=self.settings.teacher_cache_max_entry_bytes,
             )
             if teacher is not None and self.settings.teacher_cache
             else None,

@@ -10,7 +10,8 @@
 FitNets' second stage) reads the teacher's logits for each sample's view of the epoch from
 the entry and never runs the teacher, and the student trains on the same view. FitNets'
 hint stage does the same with the hint layer's maps, in an entry of their own, when it fits
-:attr:`CacheRequest.hint_max_bytes`; otherwise it runs the teacher.
+:attr:`CacheRequest.entry_max_bytes`; otherwise it runs the teacher. Logits whose entry would
+not fit are stored as their top-k plus the rest of the mass.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from kdcore.cache.entry import CorruptEntry, TeacherOutputs, compute_outputs, load_outputs
 from kdcore.cache.key import CACHE_FORMAT_VERSION, CacheKey, cache_key, dataset_sha256, file_sha256
 from kdcore.cache.store import CacheInfo, LocalFolderCache, TeacherCache, load_or_build
-from kdcore.contract import HINT_CACHE_MAX_BYTES, DistillConfig
+from kdcore.contract import CACHE_ENTRY_MAX_BYTES, DistillConfig
 from kdcore.data import ViewPolicy
 
 __all__ = [
@@ -54,16 +55,17 @@ class CacheRequest:
         data_sha256: the training data's sha256 before any split; None: hash the tensors
             (:func:`dataset_sha256`).
         tenant: goes into the key (:attr:`CacheKey.tenant`); the service's business.
-        hint_max_bytes: FitNets stage 1 reads the hint maps from the cache when their entry
-            is at most this many bytes; else stage 1 runs the teacher as without a cache
-            (:data:`kdcore.contract.HINT_CACHE_MAX_BYTES`, the default, says why 2 GiB).
+        entry_max_bytes: the largest entry the run holds in memory: logits over it are
+            stored as their top-k, FitNets hint maps over it are not cached (stage 1 runs
+            the teacher) (:data:`kdcore.contract.CACHE_ENTRY_MAX_BYTES`, the default, says
+            why 2 GiB).
     """
 
     store: TeacherCache
     teacher_sha256: str
     data_sha256: str | None = None
     tenant: str | None = None
-    hint_max_bytes: int = HINT_CACHE_MAX_BYTES
+    entry_max_bytes: int = CACHE_ENTRY_MAX_BYTES
 
 
 def views_per_sample(config: DistillConfig, policy: ViewPolicy, epochs: int) -> int:

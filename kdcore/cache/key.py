@@ -45,7 +45,9 @@ class CacheKey:
         crop_padding: the config's ``crop_padding``.
         views_seed: the seed the view bank is drawn from (the config's ``seed``).
         views: ``K``, views per sample.
-        output: what is stored: ``"logits"``, or ``"hint:<layer>"``, the maps of the
+        output: what is stored: ``"logits"``, ``"logits:top<k>"`` (many classes: the top-k
+            logits and the rest of the mass, :mod:`kdcore.cache.entry`), or
+            ``"hint:<layer>"``, the maps of the
             teacher layer (dotted path) a FitNets run reads its hint from.
         stored_dtype: the stored precision (``"float16"``).
         precision: the config's ``precision``, the autocast the teacher ran under.

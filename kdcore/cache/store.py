@@ -100,6 +100,7 @@ def load_or_build(
     shape: tuple[int, ...],
     build: Callable[[], TeacherOutputs],
     save: Callable[[Path, TeacherOutputs], None],
+    top_k: int | None = None,
 ) -> tuple[TeacherOutputs, CacheInfo]:
     """The verified entry ``key``: read from ``store``, or built, published and read back.
 
@@ -113,12 +114,13 @@ def load_or_build(
         shape: the ``(N, K, ...)`` values the run needs.
         build: computes the outputs (runs the teacher).
         save: writes outputs to a file (:func:`kdcore.cache.entry.save_outputs`).
+        top_k: the entry holds top-k logits (:func:`kdcore.cache.entry.load_outputs`).
     """
     check_key(key)
     path = store.get(key)
     if path is not None:
         try:
-            outputs = load_outputs(path, key=key, shape=shape)
+            outputs = load_outputs(path, key=key, shape=shape, top_k=top_k)
             return outputs, CacheInfo("hit", key, path.stat().st_size)
         except CorruptEntry:
             store.discard(key)
@@ -126,5 +128,5 @@ def load_or_build(
     built = build()
     path = store.put(key, lambda tmp: save(tmp, built))
     seconds = time.perf_counter() - started
-    outputs = load_outputs(path, key=key, shape=shape)
+    outputs = load_outputs(path, key=key, shape=shape, top_k=top_k)
     return outputs, CacheInfo("miss", key, path.stat().st_size, seconds)

@@ -6,7 +6,7 @@ FitNets regressor rule, and the one way a violation is worded for the user.
 """
 
 from kdcore.contract.config import (
-    HINT_CACHE_MAX_BYTES,
+    CACHE_ENTRY_MAX_BYTES,
     DistillConfig,
     HintConfig,
     StageName,
@@ -36,7 +36,7 @@ from kdcore.contract.registry import (
 from kdcore.contract.regressor import RegressorError, RegressorPlan, check_hint, plan_regressor
 
 __all__ = [
-    "HINT_CACHE_MAX_BYTES",
+    "CACHE_ENTRY_MAX_BYTES",
     "ArchSpec",
     "CnnSpec",
     "DistillConfig",

@@ -61,13 +61,14 @@ from kdcore.contract.errors import parse_json_model
 
 StageName = Literal["scratch", "hint", "kd"]
 
-# With a teacher cache, FitNets stage 1 reads the hint layer's maps from the cache only when
-# their entry (N·K·hint size·2 bytes, float16) is at most this; else it runs the teacher. The
-# run holds the entry in memory on the training device, so this is a memory budget. 2 GiB: a
-# CIFAR-sized hint of 32×16×16 over 45,000 samples is 737 MB per view (up to 2 hint epochs
-# fit); MNIST-sized hints fit for far more. The engine's default and the service setting's
-# (KDSERVE_TEACHER_CACHE_MAX_HINT_BYTES).
-HINT_CACHE_MAX_BYTES = 2 << 30
+# The largest teacher-cache entry a run uses: it holds the entry in memory on the training
+# device, so this is a memory budget. Logits (N·K·C·2 bytes, float16) over it are stored as
+# their top-k instead (kdcore.cache.entry); FitNets hint maps (N·K·hint size·2 bytes) over it
+# are not cached (stage 1 runs the teacher). 2 GiB: CIFAR-100's dense logits at 16 views
+# take 144 MB; a CIFAR-sized hint of 32×16×16 over 45,000 samples is 737 MB per view (up to
+# 2 hint epochs fit); MNIST-sized hints fit for far more. The engine's default and the
+# service setting's (KDSERVE_TEACHER_CACHE_MAX_ENTRY_BYTES).
+CACHE_ENTRY_MAX_BYTES = 2 << 30
 
 
 class HintConfig(BaseModel):

@@ -26,7 +26,7 @@ from kdcore.cache import (
     load_or_build,
     views_per_sample,
 )
-from kdcore.cache.entry import Uncacheable, save_outputs
+from kdcore.cache.entry import TOP_K, Uncacheable, save_outputs
 from kdcore.contract import HintConfig
 from kdcore.data import Dataset, ViewBank, ViewPolicy
 from kdcore.fold import hint_source
@@ -108,20 +108,24 @@ def _load_or_build(
     inputs: CacheKey,
     shape: tuple[int, ...],
     run_teacher: Callable[[], Callable[[torch.Tensor], torch.Tensor]],
+    top_k: int | None = None,
 ) -> tuple[TeacherOutputs, CacheInfo]:
     """The entry of ``inputs``; a build draws its bank and calls ``run_teacher()`` for the
-    function that maps a normalized batch to the stored output."""
+    function that maps a normalized batch to the stored output (logits stored as their
+    ``top_k`` largest when given)."""
     key = cache_key(inputs)
     policy = _policy(ctx)
 
     def build() -> TeacherOutputs:
         bank = ViewBank.draw(policy, shape[0], inputs.views, inputs.views_seed)
-        return compute_outputs(run_teacher(), ctx.x, ctx.normalizer, bank, runtime=ctx.runtime)
+        return compute_outputs(
+            run_teacher(), ctx.x, ctx.normalizer, bank, runtime=ctx.runtime, top_k=top_k
+        )
 
     def save(path: Path, outputs: TeacherOutputs) -> None:
         save_outputs(path, outputs, key=key, inputs=inputs.canonical_json())
 
-    return load_or_build(request.store, key, shape=shape, build=build, save=save)
+    return load_or_build(request.store, key, shape=shape, build=build, save=save, top_k=top_k)
 
 
 def _policy(ctx: Context) -> ViewPolicy:
@@ -135,13 +139,22 @@ def _logits(
     teacher = ctx.logit_teacher
     assert teacher is not None, "train() caches for runs with a teacher only"
     k = views_per_sample(ctx.config, _policy(ctx), ctx.config.epochs)
-    inputs = _key(ctx, request, data_sha256, split, views=k, output="logits")
+    dense = len(data) * k * data.num_classes * 2  # float16
+    top_k = TOP_K if dense > request.entry_max_bytes and data.num_classes > TOP_K else None
+    output = "logits" if top_k is None else f"logits:top{top_k}"
+    if top_k is not None and len(data) * k * (top_k * 4 + 2) > request.entry_max_bytes:
+        raise Uncacheable(
+            f"even the top-{top_k} logits of {len(data)} samples × {k} views exceed the "
+            f"budget of {request.entry_max_bytes / 2**20:.0f} MiB"
+        )
+    inputs = _key(ctx, request, data_sha256, split, views=k, output=output)
 
     def run_teacher() -> Callable[[torch.Tensor], torch.Tensor]:
         check_teacher(ctx, data)
         return teacher
 
-    return _load_or_build(ctx, request, inputs, (len(data), k, data.num_classes), run_teacher)
+    shape = (len(data), k, data.num_classes)
+    return _load_or_build(ctx, request, inputs, shape, run_teacher, top_k=top_k)
 
 
 def _hints(
@@ -159,11 +172,11 @@ def _hints(
         per_sample = tuple(tap.run(ctx.probe())[1].shape[1:])  # (C_h, H_h, W_h)
     k = views_per_sample(ctx.config, _policy(ctx), hint.epochs)
     size = len(data) * k * math.prod(per_sample) * 2  # float16
-    if size > request.hint_max_bytes:
+    if size > request.entry_max_bytes:
         raise Uncacheable(
             f"hint maps of {size / 2**20:.0f} MiB ({len(data)} samples × {k} views × "
             f"{'×'.join(map(str, per_sample))}) exceed the budget of "
-            f"{request.hint_max_bytes / 2**20:.0f} MiB"
+            f"{request.entry_max_bytes / 2**20:.0f} MiB"
         )
     inputs = _key(ctx, request, data_sha256, split, views=k, output=f"hint:{hint.teacher_layer}")
     taps: list[FeatureTap] = []

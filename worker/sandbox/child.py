@@ -143,7 +143,7 @@ def _distill(req: DistillRequest, box: Path, channel: Channel) -> dict[str, Any]
         resume=True,
         teacher_cache=cache,
         cache_tenant=req.cache.tenant if req.cache is not None else None,
-        cache_hint_max_bytes=req.cache.hint_max_bytes if req.cache is not None else None,
+        cache_entry_max_bytes=req.cache.entry_max_bytes if req.cache is not None else None,
     )
     return report.model_dump(mode="json")
 

@@ -34,7 +34,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from kdcore.contract import HINT_CACHE_MAX_BYTES, ArchSpec, DistillConfig
+from kdcore.contract import CACHE_ENTRY_MAX_BYTES, ArchSpec, DistillConfig
 
 REQUEST_NAME = "request.json"
 MAX_LINE_BYTES = 1 << 20  # a report is a few KB; anything longer is not ours
@@ -119,7 +119,7 @@ class CacheInput(_Model):
 
     tenant: str = Field(min_length=1, max_length=64)
     # FitNets hint maps are cached only when their entry fits (a memory budget in the child).
-    hint_max_bytes: int = Field(default=HINT_CACHE_MAX_BYTES, ge=0)
+    entry_max_bytes: int = Field(default=CACHE_ENTRY_MAX_BYTES, ge=0)
 
 
 class DistillRequest(_Model):

@@ -169,7 +169,7 @@ def test_hint_maps_over_the_budget_keep_the_teacher_in_the_hint_stage(
     teacher = counting_teacher(data)
     cfg = kd_config(method="fitnet", hint=HINT)
     store = LocalFolderCache(tmp_path / "cache")
-    request = CacheRequest(store, TEACHER_SHA, hint_max_bytes=1000)
+    request = CacheRequest(store, TEACHER_SHA, entry_max_bytes=1000)
     calls: dict[str, int] = {}
 
     def record(p: Progress) -> None:
