@@ -169,7 +169,7 @@ def main() -> None:
     )
     ap.add_argument("--samples", type=int, default=6144)
     ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=3, help="alternate the two loops this often")
+    ap.add_argument("--rounds", type=int, default=4, help="alternate the two loops this often")
     ap.add_argument("--methods", nargs="+", default=["kd", "hint"], choices=["kd", "hint"])
     args = ap.parse_args()
     ds = data(args.samples)
