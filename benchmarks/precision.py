@@ -28,7 +28,7 @@ from torch import nn
 from kdcore.contract import DistillConfig, Spec, parse_arch
 from kdcore.fold import fold_batchnorm
 from kdcore.models import build_model
-from kdcore.runtime import native_bf16, resolve_runtime
+from kdcore.runtime import in_memory_format, native_bf16, resolve_runtime
 from kdcore.weights import freeze
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def train_step(spec: Spec, shape: tuple[int, ...], cl: bool, bf16: bool) -> Call
     x = torch.randn(BATCH, *shape)
     y = torch.randint(0, 10, (BATCH,))
     if cl:
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        model = in_memory_format(model, "channels_last")
         x = x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
 

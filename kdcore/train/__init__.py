@@ -9,7 +9,6 @@
 - :mod:`~kdcore.train.optim`: the optimizer and learning-rate schedule of a config.
 """
 
-from kdcore.runtime import resolve_device
 from kdcore.train.checkpoint import CHECKPOINT_NAME, METRICS_NAME
 from kdcore.train.loop import (
     Canceled,
@@ -30,6 +29,5 @@ __all__ = [
     "Progress",
     "ProgressFn",
     "TrainResult",
-    "resolve_device",
     "train",
 ]
