@@ -42,6 +42,15 @@ ValOpt = Annotated[
         exists=True,
     ),
 ]
+TestOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--test",
+        help="Test data the report scores the models on (default: the validation data, "
+        "which also chooses the exported epoch).",
+        exists=True,
+    ),
+]
 ConfigOpt = Annotated[
     Path, typer.Option("--config", help="Training config (JSON file).", exists=True, dir_okay=False)
 ]
@@ -77,6 +86,7 @@ def train(
     config: ConfigOpt,
     out: OutOpt,
     val: ValOpt = None,
+    test: TestOpt = None,
     formats: FormatsOpt = "safetensors,torchscript,pt2,onnx",
     fresh: FreshOpt = False,
 ) -> None:
@@ -90,6 +100,7 @@ def train(
             cfg=cfg,
             data=data,
             val=val,
+            test=test,
             out=out,
             teacher=None,
             formats=formats,
@@ -118,6 +129,7 @@ def distill(
     config: ConfigOpt,
     out: OutOpt,
     val: ValOpt = None,
+    test: TestOpt = None,
     teacher_arch: Annotated[
         Path | None,
         typer.Option(
@@ -160,6 +172,7 @@ def distill(
             cfg=cfg,
             data=data,
             val=val,
+            test=test,
             out=out,
             teacher=TeacherFile(teacher, t_spec, allow_code),
             formats=formats,
@@ -312,6 +325,7 @@ def _run(
     cfg: DistillConfig,
     data: Path,
     val: Path | None,
+    test: Path | None,
     out: Path,
     teacher: Any,
     formats: str,
@@ -328,6 +342,7 @@ def _run(
             config=cfg,
             data=data,
             val=val,
+            test=test,
             out_dir=out,
             teacher=teacher,
             on_progress=on_progress,
@@ -383,12 +398,17 @@ def print_report(report: dict[str, Any]) -> None:
         "MACs",
         "size",
         "CPU latency (b=1)",
-        title=f"report ({report['method']}, {report['data']['eval_samples']} eval samples)",
+        title=f"report ({report['method']}, {report['data']['eval_samples']} "
+        f"{report['data'].get('eval_split', 'validation')} samples)",
     )
-    for who in ("teacher", "student"):
+    labels = {"teacher": "teacher", "baseline": "student alone", "student": "student"}
+    for who, label in labels.items():
         r = report.get(who)
         if r:
-            label = who if report.get("teacher") else "model"
+            if not report.get("teacher"):
+                label = "model"
+            elif who == "student":
+                label = f"student ({report['method']})"
             acc = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-"
             table.add_row(
                 label,
@@ -404,3 +424,20 @@ def print_report(report: dict[str, Any]) -> None:
             f"compression ×{report['compression']:.2f}, speed-up ×{report['speedup']:.2f}, "
             f"agreement {report['student']['agreement']:.4f}"
         )
+    if report.get("gain_points") is not None:
+        out.print(
+            f"distillation bought {report['gain_points']:+.2f} points over the student "
+            "trained alone"
+        )
+    exported = report.get("exported") or {}
+    if exported.get("reason"):
+        out.print(f"exported epoch {exported.get('epoch')}: {exported['reason']}")
+    for field, choice in (report.get("choices") or {}).items():
+        if field == "hint":
+            out.print(
+                f"hint auto: {choice['teacher_layer']} → {choice['student_layer']} "
+                f"({choice['reason']})"
+            )
+        elif field == "kd":
+            values = ", ".join(f"{k} {v:g}" for k, v in choice["value"].items())
+            out.print(f"{' and '.join(choice['fields'])} auto: {values} ({choice['rule']})")

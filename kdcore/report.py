@@ -29,6 +29,9 @@ class ModelReport(BaseModel):
 class DataReport(BaseModel):
     train_samples: int
     eval_samples: int
+    # What the models were scored on: the validation data (which also chose the exported
+    # epoch), or held-out test data given to the job.
+    eval_split: Literal["validation", "test"] = "validation"
     input_shape: list[int]
     classes: list[str]
 
@@ -53,6 +56,10 @@ class Report(BaseModel):
     data: DataReport
     teacher: ModelReport | None
     student: ModelReport
+    # config.baseline: the same student trained alone (method scratch, same data, budget
+    # and seed), and what distillation bought: student − baseline accuracy, in points.
+    baseline: ModelReport | None = None
+    gain_points: float | None = None
     compression: float | None  # teacher params / student params
     speedup: float | None  # teacher latency / student latency
     cpu_threads: int
@@ -62,6 +69,11 @@ class Report(BaseModel):
     memory_format: str = "contiguous"
     stage_seconds: dict[str, float]
     best: dict[str, Any]
+    # Which epoch's weights were exported, and why (kdcore.train.loop._choose_export).
+    exported: dict[str, Any] = {}
+    # The "auto" fields as resolved before training: "hint" (kdcore.contract.hints),
+    # "kd" (temperature/alpha by probes, kdcore.tune). ``config`` holds the resolved values.
+    choices: dict[str, Any] = {}
     config: dict[str, Any]
     student_spec: dict[str, Any]
     teacher_cache: TeacherCacheReport = TeacherCacheReport()
@@ -114,6 +126,10 @@ def build_report(
     precision: str,
     memory_format: str,
     teacher_cache: TeacherCacheReport | None = None,
+    baseline: nn.Module | None = None,
+    eval_split: Literal["validation", "test"] = "validation",
+    exported: dict[str, Any] | None = None,
+    choices: dict[str, Any] | None = None,
 ) -> Report:
     t_report = t_logits = None
     if teacher is not None:
@@ -121,17 +137,27 @@ def build_report(
     s_report, _ = describe_model(
         student, input_shape, eval_data, normalizer, reference_logits=t_logits
     )
+    b_report = gain = None
+    if baseline is not None:
+        b_report, _ = describe_model(
+            baseline, input_shape, eval_data, normalizer, reference_logits=t_logits
+        )
+        if s_report.accuracy is not None and b_report.accuracy is not None:
+            gain = 100 * (s_report.accuracy - b_report.accuracy)
     return Report(
         method=method,
         created_at=datetime.now(UTC),
         data=DataReport(
             train_samples=train_samples,
             eval_samples=len(eval_data) if eval_data is not None else 0,
+            eval_split=eval_split,
             input_shape=list(input_shape),
             classes=classes,
         ),
         teacher=t_report,
         student=s_report,
+        baseline=b_report,
+        gain_points=gain,
         compression=t_report.params / s_report.params if t_report else None,
         speedup=t_report.latency_ms / s_report.latency_ms if t_report else None,
         cpu_threads=torch.get_num_threads(),
@@ -140,6 +166,8 @@ def build_report(
         memory_format=memory_format,
         stage_seconds=stage_seconds,
         best=best,
+        exported=exported or {},
+        choices=choices or {},
         config=config,
         student_spec=student_spec,
         teacher_cache=teacher_cache or TeacherCacheReport(),

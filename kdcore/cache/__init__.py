@@ -59,6 +59,9 @@ class CacheRequest:
             stored as their top-k, FitNets hint maps over it are not cached (stage 1 runs
             the teacher) (:data:`kdcore.contract.CACHE_ENTRY_MAX_BYTES`, the default, says
             why 2 GiB).
+        stage_epochs: the KD stage length the logits entry's ``K`` is sized for
+            (:func:`views_per_sample`); None: the run's own ``epochs``. A job's short probe
+            runs (:mod:`kdcore.tune`) pass the job's, so that they read its entry.
     """
 
     store: TeacherCache
@@ -66,6 +69,7 @@ class CacheRequest:
     data_sha256: str | None = None
     tenant: str | None = None
     entry_max_bytes: int = CACHE_ENTRY_MAX_BYTES
+    stage_epochs: int | None = None
 
 
 def views_per_sample(config: DistillConfig, policy: ViewPolicy, epochs: int) -> int:

@@ -6,6 +6,7 @@ FitNets regressor rule, and the one way a violation is worded for the user.
 """
 
 from kdcore.contract.config import (
+    AUTO,
     CACHE_ENTRY_MAX_BYTES,
     DistillConfig,
     HintConfig,
@@ -19,6 +20,7 @@ from kdcore.contract.errors import SpecError, explain_errors, parse_json_model, 
 
 # Importing the built-in families registers them.
 from kdcore.contract.families import CnnSpec, MlpSpec, ResNetSpec, WrnSpec
+from kdcore.contract.hints import HintChoice, choose_hint, resolve_hint
 from kdcore.contract.registry import (
     ArchSpec,
     Family,
@@ -36,11 +38,13 @@ from kdcore.contract.registry import (
 from kdcore.contract.regressor import RegressorError, RegressorPlan, check_hint, plan_regressor
 
 __all__ = [
+    "AUTO",
     "CACHE_ENTRY_MAX_BYTES",
     "ArchSpec",
     "CnnSpec",
     "DistillConfig",
     "Family",
+    "HintChoice",
     "HintConfig",
     "MlpSpec",
     "RegressorError",
@@ -54,9 +58,11 @@ __all__ = [
     "WrnSpec",
     "arch_json_schema",
     "check_hint",
+    "choose_hint",
     "describe_missing_layer",
     "epochs_before_stage",
     "registered_families",
+    "resolve_hint",
     "get_family",
     "layer_paths",
     "layer_shapes",

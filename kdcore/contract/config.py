@@ -17,9 +17,20 @@ schedule                  ``cosine``       ``cosine``, ``multistep``, ``constant
 milestones                [0.5, 0.75]      ``multistep``: fractions of the stage's length,
                                            counted in optimizer steps (one per batch)
 gamma                     0.1              ``multistep``: factor at each milestone
-temperature               4.0              KD temperature T (> 0)
-alpha                     0.1              weight of the hard-label loss; 1 − alpha on KD
-hint                      null             ``fitnet`` only, see :class:`HintConfig`
+temperature               4.0              KD temperature T (> 0), or ``"auto"``: chosen on
+                                           the validation split by short probe runs
+                                           (:mod:`kdcore.tune`)
+alpha                     0.1              weight of the hard-label loss; 1 − alpha on KD;
+                                           or ``"auto"`` (as temperature)
+hint                      ``"auto"``       ``fitnet`` only, see :class:`HintConfig`; ``"auto"``
+                                           (the default): layers chosen by
+                                           :func:`kdcore.contract.choose_hint`
+checkpoint                ``best``         ``best``: export the epoch with the best validation
+                                           accuracy; ``last``: the last epoch
+patience                  null             stop the main stage after this many epochs
+                                           without a better validation accuracy
+baseline                  false            also train the student alone (method ``scratch``,
+                                           same data, budget and seed) and report the gain
 augment                   ``none``         ``none``, ``flip``, ``crop``, ``crop_flip``
 crop_padding              4                zero padding for the random crop
 teacher_views             16               with a teacher cache and augmentation: views per
@@ -53,13 +64,15 @@ for pad-and-crop plus flip on 32×32 images there are only ``(2p+1)²·2`` = 162
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kdcore.contract.errors import parse_json_model
 
 StageName = Literal["scratch", "hint", "kd"]
+AUTO = "auto"
+Auto = Literal["auto"]
 
 # The largest teacher-cache entry a run uses: it holds the entry in memory on the training
 # device, so this is a memory budget. Logits (N·K·C·2 bytes, float16) over it are stored as
@@ -75,7 +88,9 @@ class HintConfig(BaseModel):
     """FitNets stage 1: which layers meet, and how long the hint stage runs.
 
     ``teacher_layer`` is the hint, ``student_layer`` the guided layer; both are dotted module
-    paths as ``kdserve inspect`` prints them.
+    paths as ``kdserve inspect`` prints them, or both ``"auto"`` (the default; ``"hint":
+    "auto"`` is short for ``{}``): chosen from the two models' layer shapes by
+    :func:`kdcore.contract.choose_hint` before training.
 
     ``lr`` defaults to the main ``lr`` divided by the hint map's spatial positions ``H·W``
     (1 for vector hints): the hint loss sums over every position, so its gradients are that
@@ -85,10 +100,24 @@ class HintConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    teacher_layer: str = Field(min_length=1)
-    student_layer: str = Field(min_length=1)
-    epochs: int = Field(default=5, gt=0)
+    teacher_layer: str = Field(default=AUTO, min_length=1)
+    student_layer: str = Field(default=AUTO, min_length=1)
+    epochs: int = Field(default=5, gt=0, le=10_000)
     lr: float | None = Field(default=None, gt=0, le=10)
+
+    @model_validator(mode="after")
+    def _both_or_neither_auto(self) -> HintConfig:
+        if (self.teacher_layer == AUTO) != (self.student_layer == AUTO):
+            raise ValueError(
+                'teacher_layer and student_layer are both "auto" or both layer paths; '
+                "give both paths, or neither to have them chosen"
+            )
+        return self
+
+    @property
+    def auto(self) -> bool:
+        """Whether the layers are still to be chosen (:func:`kdcore.contract.choose_hint`)."""
+        return self.teacher_layer == AUTO
 
 
 class DistillConfig(BaseModel):
@@ -105,9 +134,12 @@ class DistillConfig(BaseModel):
     schedule: Literal["cosine", "multistep", "constant"] = "cosine"
     milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
     gamma: float = Field(default=0.1, gt=0, le=1)
-    temperature: float = Field(default=4.0, gt=0, le=1000)
-    alpha: float = Field(default=0.1, ge=0, le=1)
+    temperature: Annotated[float, Field(gt=0, le=1000)] | Auto = 4.0
+    alpha: Annotated[float, Field(ge=0, le=1)] | Auto = 0.1
     hint: HintConfig | None = None
+    checkpoint: Literal["best", "last"] = "best"
+    patience: int | None = Field(default=None, gt=0, le=10_000)
+    baseline: bool = False
     augment: Literal["none", "flip", "crop", "crop_flip"] = "none"
     crop_padding: int = Field(default=4, ge=0, le=64)
     teacher_views: int = Field(default=16, ge=1, le=1024)
@@ -117,13 +149,19 @@ class DistillConfig(BaseModel):
     val_split: float = Field(default=0.1, ge=0, lt=1)
     seed: int = Field(default=0, ge=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _hint_auto(cls, data: Any) -> Any:
+        """``"hint": "auto"``, or no hint for ``fitnet``: the layers are chosen (``{}``)."""
+        if isinstance(data, dict):
+            if data.get("hint") == AUTO or (
+                data.get("method") == "fitnet" and data.get("hint") is None
+            ):
+                return {**data, "hint": {}}
+        return data
+
     @model_validator(mode="after")
     def _method_fields(self) -> DistillConfig:
-        if self.method == "fitnet" and self.hint is None:
-            raise ValueError(
-                'method "fitnet" needs "hint": {"teacher_layer": ..., "student_layer": ...} '
-                "(dotted paths from `kdserve inspect`)"
-            )
         if self.method != "fitnet" and self.hint is not None:
             raise ValueError(f'"hint" applies to method "fitnet" only, not {self.method!r}')
         if any(not 0 < m < 1 for m in self.milestones):
@@ -138,6 +176,27 @@ class DistillConfig(BaseModel):
     @property
     def uses_teacher(self) -> bool:
         return self.method != "scratch"
+
+    @property
+    def auto_fields(self) -> list[str]:
+        """The fields still ``"auto"`` that matter for this method, to be resolved before
+        training (:mod:`kdcore.tune`)."""
+        fields = []
+        if self.method != "scratch":
+            fields += [f for f in ("temperature", "alpha") if getattr(self, f) == AUTO]
+        if self.hint is not None and self.hint.auto:
+            fields.append("hint")
+        return fields
+
+    def kd_weights(self) -> tuple[float, float]:
+        """``(temperature, alpha)``, resolved: a run never trains with ``"auto"``."""
+        t, a = self.temperature, self.alpha
+        if isinstance(t, str) or isinstance(a, str):
+            raise ValueError(
+                'temperature and alpha must be resolved from "auto" before training '
+                "(kdcore.tune.resolve_auto)"
+            )
+        return t, a
 
 
 def parse_config(data: str | bytes | dict[str, object]) -> DistillConfig:

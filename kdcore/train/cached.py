@@ -138,7 +138,7 @@ def _logits(
 ) -> tuple[TeacherOutputs, CacheInfo]:
     teacher = ctx.logit_teacher
     assert teacher is not None, "train() caches for runs with a teacher only"
-    k = views_per_sample(ctx.config, _policy(ctx), ctx.config.epochs)
+    k = views_per_sample(ctx.config, _policy(ctx), request.stage_epochs or ctx.config.epochs)
     dense = len(data) * k * data.num_classes * 2  # float16
     top_k = TOP_K if dense > request.entry_max_bytes and data.num_classes > TOP_K else None
     output = "logits" if top_k is None else f"logits:top{top_k}"

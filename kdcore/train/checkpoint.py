@@ -37,18 +37,38 @@ class RunState:
     epoch: int = 0  # epochs completed in the current stage
     history: list[dict[str, Any]] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    # The final stage's best epoch by validation (accuracy, then lower NLL) and its weights.
     best: dict[str, Any] = field(default_factory=dict)
+    best_weights: dict[str, torch.Tensor] | None = None
+    stopped_early: bool = False  # the final stage ran out of patience
 
     def finished(self, index: int, epochs: int) -> bool:
         """Whether stage ``index``, of ``epochs`` epochs, is done."""
-        return index < self.stage_index or (index == self.stage_index and self.epoch >= epochs)
+        return index < self.stage_index or (
+            index == self.stage_index and (self.epoch >= epochs or self.stopped_early)
+        )
 
     def record(self, row: dict[str, Any]) -> None:
-        """Add an epoch's metrics row, keeping the best validation accuracy."""
+        """Add an epoch's metrics row."""
         self.history.append(row)
-        acc = row.get("val_accuracy")
-        if acc is not None and acc > self.best.get("val_accuracy", -1.0):
-            self.best = {"val_accuracy": acc, "stage": row["stage"], "epoch": row["epoch"]}
+
+    def improves(self, row: dict[str, Any]) -> bool:
+        """Whether ``row`` (an epoch with ``val_accuracy``) beats the best epoch so far:
+        higher accuracy, or the same accuracy with a lower validation NLL."""
+        if not self.best:
+            return True
+        new = (row["val_accuracy"], -row.get("val_nll", 0.0))
+        old = (self.best["val_accuracy"], -self.best.get("val_nll", 0.0))
+        return new > old
+
+    def keep_best(self, row: dict[str, Any], student: nn.Module) -> None:
+        self.best = {k: row[k] for k in ("stage", "epoch", "val_accuracy", "val_nll") if k in row}
+        self.best_weights = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
+
+    def epochs_since_best(self, stage: str, epoch: int) -> int:
+        if self.best.get("stage") != stage:
+            return epoch
+        return epoch - int(self.best["epoch"])
 
 
 def start_or_resume(
@@ -72,6 +92,8 @@ def start_or_resume(
         history=list(saved["history"]),
         stage_seconds=dict(saved["stage_seconds"]),
         best=dict(saved["best"]),
+        best_weights=saved.get("best_student"),
+        stopped_early=bool(saved.get("stopped_early", False)),
     )
     if metrics.exists():  # drop rows written after the checkpoint
         lines = metrics.read_text().splitlines()[: len(state.history)]
@@ -121,6 +143,8 @@ def save_checkpoint(
         "history": state.history,
         "stage_seconds": state.stage_seconds,
         "best": state.best,
+        "best_student": state.best_weights,
+        "stopped_early": state.stopped_early,
     }
     with atomic_write(out_dir / CHECKPOINT_NAME) as tmp:
         torch.save(ckpt, tmp)

@@ -53,7 +53,8 @@ class Progress:
     each epoch's validation (``kind="epoch"``, with ``val_*`` metrics)."""
 
     kind: Literal["step", "epoch"]
-    stage: StageName
+    # A job's sub-runs report as "probe" (kdcore.tune) and "baseline" (the student alone).
+    stage: StageName | Literal["probe", "baseline"]
     stage_index: int
     stages: int
     epoch: int  # 1-based, within the stage
@@ -89,6 +90,7 @@ class TrainResult:
     history: list[dict[str, Any]]
     stage_seconds: dict[str, float]
     best: dict[str, Any]
+    exported: dict[str, Any]  # which epoch's weights the student holds, and why
     runtime: Runtime
     teacher_cache: CacheInfo = field(default_factory=CacheInfo)  # the KD stage's logits
     hint_cache: CacheInfo = field(default_factory=CacheInfo)  # FitNets stage 1's hint maps
@@ -133,6 +135,11 @@ def train(
         Canceled, Diverged, ValueError (bad layers or shapes, a teacher missing or not
         frozen).
     """
+    if config.auto_fields:
+        raise ValueError(
+            f"{', '.join(config.auto_fields)} still 'auto': resolve the config first "
+            "(kdcore.tune.resolve_auto; kdcore.pipeline.run does)"
+        )
     if config.uses_teacher and teacher is None:
         raise ValueError(f"method {config.method!r} needs a teacher")
     if teacher is not None and not is_frozen(teacher):
@@ -202,6 +209,7 @@ def train(
         progress_every=progress_every,
     )
     driver.run(saved)
+    exported = _choose_export(config, state, student)
 
     student.eval()
     # Exports and safetensors want contiguous weights, and the report times both models as
@@ -217,10 +225,37 @@ def train(
         history=state.history,
         stage_seconds=state.stage_seconds,
         best=state.best,
+        exported=exported,
         runtime=runtime,
         teacher_cache=cached.logits_info,
         hint_cache=cached.hints_info,
     )
+
+
+def _choose_export(config: DistillConfig, state: RunState, student: nn.Module) -> dict[str, Any]:
+    """Load the weights to export into ``student`` (the best epoch's, by default) and say
+    which epoch they are from and why."""
+    last = state.history[-1] if state.history else {}
+    info: dict[str, Any] = {
+        "stage": last.get("stage"),
+        "epoch": last.get("epoch"),
+        "val_accuracy": last.get("val_accuracy"),
+        "epochs_run": last.get("epoch"),
+        "stopped_early": state.stopped_early,
+    }
+    if config.checkpoint == "last":
+        return {**info, "reason": 'checkpoint "last": the last epoch'}
+    if state.best_weights is None:
+        return {**info, "reason": "no validation data to choose by: the last epoch"}
+    student.load_state_dict(state.best_weights)
+    best = state.best
+    reason = (
+        f"the best validation accuracy ({best['val_accuracy']:.4f}) of the "
+        f"{last.get('epoch')} epochs of stage {best['stage']!r}"
+    )
+    if state.stopped_early:
+        reason += f"; stopped early after {config.patience} epochs without a better one"
+    return {**info, "epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "reason": reason}
 
 
 def _place_teacher(teacher: nn.Module, runtime: Runtime) -> nn.Module:
@@ -267,6 +302,13 @@ class _Driver:
                     if stage.validates:
                         metrics.update(self._validate())
                     self._end_epoch(stage, index, epoch, metrics, rate)
+                    if state.stopped_early:
+                        break
+
+    @property
+    def _final(self) -> int:
+        """The stage whose weights are exported: the last one."""
+        return len(self.plan) - 1
 
     def _train_epoch(self, stage: Stage, index: int, epoch: int) -> tuple[dict[str, float], float]:
         """One pass over the data; returns the mean ``train_*`` losses and samples/s."""
@@ -306,6 +348,12 @@ class _Driver:
         self._clock = now
         row = {"stage": stage.name, "epoch": epoch, "samples_per_s": rate, **metrics}
         state.record(row)
+        if index == self._final and "val_accuracy" in row:
+            if state.improves(row):
+                state.keep_best(row, self.ctx.student)
+            patience = self.ctx.config.patience
+            if patience is not None and state.epochs_since_best(stage.name, epoch) >= patience:
+                state.stopped_early = epoch < self.plan[index].epochs
         append_metrics(self.out_dir, row)
         save_checkpoint(
             self.out_dir, spec=self.spec, data=self.data, ctx=self.ctx, state=state, stage=stage

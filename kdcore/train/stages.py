@@ -196,8 +196,8 @@ class KdStage(Stage):
             with torch.no_grad():
                 t_logits = self.teacher(batch.x)  # (B, K)
         logits = self.ctx.student(batch.x)  # (B, K)
-        cfg = self.ctx.config
-        return kd_loss(logits, t_logits, batch.y, temperature=cfg.temperature, alpha=cfg.alpha)
+        temperature, alpha = self.ctx.config.kd_weights()
+        return kd_loss(logits, t_logits, batch.y, temperature=temperature, alpha=alpha)
 
     def _teacher_logits(self) -> torch.Tensor:
         ctx = self.ctx
