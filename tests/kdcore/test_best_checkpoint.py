@@ -37,7 +37,8 @@ def test_the_best_epoch_is_exported_not_the_last(tmp_path: Path) -> None:
     last = _train(tmp_path / "last", checkpoint="last")
 
     accs = [row["val_accuracy"] for row in best.history]
-    assert len(accs) == 6 and max(accs) > accs[-1], "the setup must make best != last"
+    assert len(accs) == 6
+    assert max(accs) > accs[-1], "the setup must make best != last"
     assert best.exported["epoch"] == 1 == best.best["epoch"]
     assert "best validation accuracy" in best.exported["reason"]
     assert _val_accuracy(best) == max(accs)
