@@ -646,10 +646,11 @@ class _Reporter:
 def _report_metrics(report: Report) -> dict[str, Any]:
     """The report's headline numbers, flattened: ``student_accuracy``, ``compression``..."""
     out: dict[str, Any] = {}
-    for who, model in (("student", report.student), ("teacher", report.teacher)):
+    models = (("student", report.student), ("teacher", report.teacher))
+    for who, model in (*models, ("baseline", report.baseline)):
         if model is not None:
             out.update({f"{who}_{k}": v for k, v in model.model_dump().items() if v is not None})
-    for key in ("compression", "speedup"):
+    for key in ("compression", "speedup", "gain_points"):
         value = getattr(report, key)
         if value is not None:
             out[key] = value

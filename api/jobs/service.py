@@ -10,7 +10,15 @@ from sqlalchemy.orm import Session
 
 from api.kit.deps import defer_task
 from api.kit.errors import Conflict, Invalid, TooManyRequests
-from kdcore.contract import DistillConfig, Shape, Spec, SpecError, check_hint, layer_shapes
+from kdcore.contract import (
+    DistillConfig,
+    Shape,
+    Spec,
+    SpecError,
+    check_hint,
+    layer_shapes,
+    resolve_hint,
+)
 from store.models import AssetStatus, DatasetRecord, Job, Teacher, Tenant
 from store.queue import RUN_JOB
 from store.repositories.catalog import DatasetRepository, TeacherRepository
@@ -53,9 +61,18 @@ def submit(
     if config.hint is not None and teacher is not None:
         teacher_shapes = {layer["path"]: tuple(layer["shape"]) for layer in teacher.layers or []}
         try:
+            # "auto" layers are chosen here, from the shapes, and stored in the job's config.
+            config, _ = resolve_hint(config, shapes, teacher_shapes)
+            assert config.hint is not None
             check_hint(config.hint, shapes, teacher_shapes)
         except SpecError as exc:
             raise Invalid(str(exc), errors=_located(exc)) from exc
+    if {"temperature", "alpha"} & set(config.auto_fields) and _no_validation(config, val):
+        raise Invalid(
+            'config: temperature/alpha "auto" are chosen on validation data: give '
+            "val_dataset_id or a val_split above 0",
+            errors=[{"loc": ["config", "val_split"], "msg": "must be > 0", "type": "value_error"}],
+        )
     train_samples = (data.samples or 0) * (1 if val is not None else 1 - config.val_split)
     if config.batch_size > train_samples:
         raise Invalid(
@@ -92,6 +109,11 @@ def submit(
         return existing, False
     defer_task(session, RUN_JOB, [str(job.id)], queue=settings.queue)
     return job, True
+
+
+def _no_validation(config: DistillConfig, val: DatasetRecord | None) -> bool:
+    """Whether a job would have no validation data to choose by."""
+    return val is None and config.val_split == 0
 
 
 def _student_shapes(student: Spec, data: DatasetRecord) -> dict[str, Shape]:

@@ -193,7 +193,7 @@ def test_jobs_download_writes_artifacts_and_prints_the_report(
 
     assert result.exit_code == 0, result.output
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == files
-    assert "report (scratch, 100 eval samples)" in result.stdout
+    assert "report (scratch, 100 validation samples)" in result.stdout
     assert "0.9000" in result.stdout
     report = runner.invoke(app, ["jobs", "report", job, "--json"])
     assert json.loads(report.stdout)["method"] == "scratch"
