@@ -6,6 +6,10 @@ validation split; the table reports the test split, mean ± std over the seeds.
 
 Usage (from the repository root):
     .venv/bin/python -m benchmarks.experiments.mnist --out runs/mnist [--seeds 0 1 2]
+    .venv/bin/python -m benchmarks.experiments.mnist --write-npz DIR
+        (the same split as files for the CLI: DIR/mnist-train.npz, the 8,000 training and
+        validation images, and DIR/mnist-test.npz, the 2,000 test images;
+        benchmarks/experiments/mnist_defaults.sh uses them)
 """
 
 from __future__ import annotations
@@ -38,12 +42,25 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def splits() -> tuple[Dataset, Dataset, Dataset]:
-    x = torch.from_numpy(read_idx(DATA / "t10k-images-idx3-ubyte.gz").copy())[:, None]
-    y = torch.from_numpy(read_idx(DATA / "t10k-labels-idx1-ubyte.gz").astype(np.int64))
-    full = Dataset(x=x.contiguous(), y=y, classes=[str(c) for c in range(10)])
-    rest, test = full.split(0.2, seed=1234)
+    rest, test = _full().split(0.2, seed=1234)
     train, val = rest.split(1 / 8, seed=1234)
     return train, val, test
+
+
+def write_npz(folder: Path) -> None:
+    """The split as ``.npz`` files the CLI reads: training (+ validation) and test."""
+    full = _full()
+    rest, test = full.split(0.2, seed=1234)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, part in (("mnist-train", rest), ("mnist-test", test)):
+        np.savez(folder / f"{name}.npz", x=part.x.numpy(), y=part.y.numpy())
+        print(f"{folder / name}.npz: {len(part)} images")
+
+
+def _full() -> Dataset:
+    x = torch.from_numpy(read_idx(DATA / "t10k-images-idx3-ubyte.gz").copy())[:, None]
+    y = torch.from_numpy(read_idx(DATA / "t10k-labels-idx1-ubyte.gz").astype(np.int64))
+    return Dataset(x=x.contiguous(), y=y, classes=[str(c) for c in range(10)])
 
 
 def main() -> None:
@@ -55,7 +72,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--temperatures", type=float, nargs="+", default=[2, 4, 8, 20])
     ap.add_argument("--alpha", type=float, default=0.1)
+    ap.add_argument("--write-npz", type=Path, help="write the split as .npz files and stop")
     args = ap.parse_args()
+    if args.write_npz is not None:
+        write_npz(args.write_npz)
+        return
 
     train, val, test = splits()
     print(f"train {len(train)}, validation {len(val)}, test {len(test)}", flush=True)
