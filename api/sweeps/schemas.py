@@ -94,7 +94,7 @@ class SweepPublic(BaseModel):
     )
     metric: SweepMetric
     base: JobCreate
-    grid: SweepGrid
+    grid: dict[str, Any] = Field(description="the grid as sent (a SweepGrid)")
     scratch: bool
     counts: SweepCounts
     best_job_id: uuid.UUID | None = Field(description="the top of the leaderboard")

@@ -25,7 +25,7 @@ from store.repositories.sweeps import SweepRepository
 from store.settings import Settings
 
 from . import grid
-from .schemas import SweepCounts, SweepCreate, SweepGrid, SweepMetric, SweepPoint, SweepPublic
+from .schemas import SweepCounts, SweepCreate, SweepMetric, SweepPoint, SweepPublic
 
 METRICS = ("val_accuracy", "val_nll")
 
@@ -186,7 +186,7 @@ def _public(
         status=_status(counts),
         metric=metric,
         base=JobCreate.model_validate(sweep.base),
-        grid=SweepGrid.model_validate(sweep.grid),
+        grid=sweep.grid,
         scratch=sweep.scratch,
         counts=SweepCounts(**{s.value: counts[s] for s in JobStatus}),
         best_job_id=leaderboard[0].job_id if leaderboard else None,
