@@ -89,21 +89,28 @@ def test_watch_prints_progress_then_the_leaderboard_and_exits_0(
     tmp_path: Path, server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sweep_id, jobs = _submitted(tmp_path, server, {"lr": [0.01, 0.1, 0.2]})
+
+    def all_end() -> None:
+        record_epochs(server, jobs[0], [{"val_accuracy": 0.75, "val_nll": 0.6}])
+        record_epochs(server, jobs[1], [{"val_accuracy": 0.85, "val_nll": 0.4}])
+        update_job(server, jobs[0], status=JobStatus.succeeded)
+        update_job(server, jobs[1], status=JobStatus.succeeded)
+        update_job(
+            server,
+            jobs[2],
+            status=JobStatus.failed,
+            error_code="diverged",
+            error_message="loss is NaN",
+        )
+
     steps = iter(
         [
             lambda: None,
             lambda: update_job(server, jobs[0], status=JobStatus.running),
             lambda: None,  # nothing changed since the last poll: no line
-            lambda: (
-                record_epochs(server, jobs[0], [{"val_accuracy": 0.75, "val_nll": 0.6}]),
-                record_epochs(server, jobs[1], [{"val_accuracy": 0.85, "val_nll": 0.4}]),
-                update_job(server, jobs[0], status=JobStatus.succeeded),
-                update_job(server, jobs[1], status=JobStatus.succeeded),
-                update_job(server, jobs[2], status=JobStatus.failed, error_code="diverged",
-                           error_message="loss is NaN"),
-            ),
+            all_end,
         ]
-    )  # fmt: skip
+    )
     real_get = KDServeClient.get_sweep
 
     def worker_progresses(self: KDServeClient, sweep_id: str) -> Any:
