@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime
 from typing import Any, Literal
@@ -39,12 +40,16 @@ class SweepGrid(BaseModel):
     @field_validator("*")
     @classmethod
     def _each_value_once(cls, values: list[Any] | None) -> list[Any] | None:
-        seen: list[Any] = []
+        seen: set[Any] = set()
         for v in values or []:
-            key = v.model_dump(exclude_unset=True) if isinstance(v, BaseModel) else v
+            key = (
+                json.dumps(v.model_dump(mode="json", exclude_unset=True), sort_keys=True)
+                if isinstance(v, BaseModel)
+                else v
+            )
             if key in seen:
-                raise ValueError(f"{key!r} is listed twice; list each value once")
-            seen.append(key)
+                raise ValueError(f"{key} is listed twice; list each value once")
+            seen.add(key)
         return values
 
 
