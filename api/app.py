@@ -15,6 +15,7 @@ from api.health.endpoints import router as health_router
 from api.jobs.endpoints import router as jobs_router
 from api.kit import errors
 from api.kit.deps import Services
+from api.sweeps.endpoints import router as sweeps_router
 from api.teachers.endpoints import router as teachers_router
 from store.blobs import BlobStore, store_from_settings
 from store.db import make_engine, make_sessionmaker
@@ -53,7 +54,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_size=settings.max_upload_bytes + 1024 * 1024,
     )
     errors.install(app)
-    for router in (health_router, teachers_router, datasets_router, jobs_router, cache_router):
+    for router in (
+        health_router,
+        teachers_router,
+        datasets_router,
+        jobs_router,
+        sweeps_router,
+        cache_router,
+    ):
         app.include_router(router)
     return app
 

@@ -1,6 +1,6 @@
 """``kdserve``: the command line. Engine commands run kdcore locally; service commands run
-the server (``db``, ``keys``, ``api``, ``worker``, ``up``); ``teachers``, ``datasets`` and
-``jobs`` talk to a server over HTTP."""
+the server (``db``, ``keys``, ``api``, ``worker``, ``up``); ``teachers``, ``datasets``,
+``jobs``, ``sweeps`` and ``cache`` talk to a server over HTTP."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import warnings
 
 import typer
 
-from cli import engine, remote, service
+from cli import engine, remote, service, sweeps
 
 # torch.export.load warns about its own internals (LeafSpec); nothing a user can act on.
 warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
@@ -23,6 +23,7 @@ app = typer.Typer(
 engine.register(app)
 service.register(app)
 remote.register(app)
+sweeps.register(app)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

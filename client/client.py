@@ -240,26 +240,7 @@ class KDServeClient:
         target = Path(dest)
         if target.is_dir():
             target = target / name
-        url = self._url(f"/v1/jobs/{_seg(job_id)}/artifacts/{_seg(name)}")
-        for attempt in self._attempts(retry=True):
-            try:
-                with self._http.stream(
-                    "GET", url, headers=self._auth(), follow_redirects=False
-                ) as resp:
-                    if resp.is_redirect and "location" in resp.headers:
-                        self._save_redirect(resp, target, sha256)
-                    else:
-                        self._save(resp, target, sha256)
-                return target
-            except _Retry as again:
-                if attempt.last:
-                    raise again.error from None
-                attempt.wait(again.after)
-            except _RETRY_ERRORS as exc:
-                attempt.wait(None, exc)
-            except httpx.TransportError as exc:
-                raise self._unreachable(exc) from exc
-        raise AssertionError("unreachable")  # pragma: no cover - _attempts raises first
+        return self._download(f"/v1/jobs/{_seg(job_id)}/artifacts/{_seg(name)}", target, sha256)
 
     def download_all(self, job_id: str, dest_dir: str | os.PathLike[str]) -> list[Path]:
         """Every artifact of a job into ``dest_dir`` (created), each checked by sha256."""
@@ -268,6 +249,88 @@ class KDServeClient:
         return [
             self.download_artifact(job_id, a["name"], folder / a["name"], sha256=a.get("sha256"))
             for a in self.list_artifacts(job_id)
+        ]
+
+    # -- sweeps ------------------------------------------------------------------------------
+
+    def submit_sweep(
+        self,
+        *,
+        dataset_id: str,
+        student: dict[str, Any],
+        config: dict[str, Any],
+        grid: dict[str, Any],
+        teacher_id: str | None = None,
+        val_dataset_id: str | None = None,
+        metric: str = "val_accuracy",
+        scratch: bool = False,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> JSON:
+        """Submit a sweep: one job per point of ``grid`` (``temperature``, ``alpha``, ``lr``,
+        ``hint``, ``hint_epochs``, ``seed``: lists of values) over the job the other
+        arguments describe, as :meth:`submit_job` takes it. Retried like a job submission,
+        under one ``Idempotency-Key``, so a lost response never creates a second sweep."""
+        base: JSON = {
+            "dataset_id": str(dataset_id),
+            "student": student,
+            "config": config,
+            "teacher_id": str(teacher_id) if teacher_id is not None else None,
+            "val_dataset_id": str(val_dataset_id) if val_dataset_id is not None else None,
+        }
+        body: JSON = {"base": base, "grid": grid, "metric": metric, "scratch": scratch}
+        if name is not None:
+            body["name"] = name
+        key = idempotency_key or str(uuid.uuid4())
+        return self._json(
+            "POST", "/v1/sweeps", json=body, headers={"Idempotency-Key": key}, retry=True
+        )
+
+    def get_sweep(self, sweep_id: str) -> JSON:
+        """A sweep: its points (status, best-epoch metrics), leaderboard and best job."""
+        return self._json("GET", f"/v1/sweeps/{_seg(sweep_id)}", retry=True)
+
+    def list_sweeps(self, *, page_size: int | None = None) -> list[JSON]:
+        """Every sweep of the tenant, newest first (all pages)."""
+        return list(self._paginate("/v1/sweeps", {}, page_size))
+
+    def cancel_sweep(self, sweep_id: str) -> JSON:
+        """Cancel every point of a sweep that is not final yet."""
+        return self._json("POST", f"/v1/sweeps/{_seg(sweep_id)}/cancel")
+
+    def wait_sweep(self, sweep_id: str, *, timeout: float = 3600.0, interval: float = 2.0) -> JSON:
+        """Poll a sweep until it is final (every point is); :class:`TimeoutError` after
+        ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            sweep = self.get_sweep(sweep_id)
+            if sweep["status"] in FINAL_JOB_STATES:
+                return sweep
+            if time.monotonic() >= deadline:
+                counts = ", ".join(f"{n} {s}" for s, n in sweep["counts"].items() if n)
+                raise TimeoutError(
+                    f"sweep {sweep_id} is still {sweep['status']} after {timeout:g} s ({counts})"
+                )
+            self._sleep(interval)
+
+    def list_sweep_artifacts(self, sweep_id: str) -> JSON:
+        """``{"job_id": <the best point's job>, "items": [its artifacts]}``."""
+        listing: JSON = self._json("GET", f"/v1/sweeps/{_seg(sweep_id)}/artifacts", retry=True)
+        return listing
+
+    def download_sweep(self, sweep_id: str, dest_dir: str | os.PathLike[str]) -> list[Path]:
+        """Every artifact of the sweep's best point into ``dest_dir`` (created), through the
+        sweep's URLs, each checked by the sha256 listed (a download whose best point changed
+        in between fails the check)."""
+        folder = Path(dest_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        return [
+            self._download(
+                f"/v1/sweeps/{_seg(sweep_id)}/artifacts/{_seg(a['name'])}",
+                folder / a["name"],
+                a.get("sha256"),
+            )
+            for a in self.list_sweep_artifacts(sweep_id)["items"]
         ]
 
     # -- any kind: teachers, datasets, jobs ---------------------------------------------------
@@ -366,6 +429,30 @@ class KDServeClient:
             if resp.is_error:
                 raise _problem(resp)
             return resp
+        raise AssertionError("unreachable")  # pragma: no cover - _attempts raises first
+
+    def _download(self, path: str, target: Path, sha256: str | None) -> Path:
+        """Stream ``path`` to ``target``, following one redirect (see
+        :meth:`download_artifact`)."""
+        url = self._url(path)
+        for attempt in self._attempts(retry=True):
+            try:
+                with self._http.stream(
+                    "GET", url, headers=self._auth(), follow_redirects=False
+                ) as resp:
+                    if resp.is_redirect and "location" in resp.headers:
+                        self._save_redirect(resp, target, sha256)
+                    else:
+                        self._save(resp, target, sha256)
+                return target
+            except _Retry as again:
+                if attempt.last:
+                    raise again.error from None
+                attempt.wait(again.after)
+            except _RETRY_ERRORS as exc:
+                attempt.wait(None, exc)
+            except httpx.TransportError as exc:
+                raise self._unreachable(exc) from exc
         raise AssertionError("unreachable")  # pragma: no cover - _attempts raises first
 
     def _upload(self, kind: UploadKind, file: Path, params: dict[str, Any]) -> JSON:

@@ -185,6 +185,28 @@ class DatasetRecord(Timestamps, Base):
     blob: Mapped[Blob | None] = relationship(lazy="raise")
 
 
+class Sweep(Timestamps, Base):
+    """A hyper-parameter sweep: one job per point of a grid over a base job. Its status is
+    derived from its points' jobs (``jobs.sweep_id``); ``points`` lists them in the grid's
+    order, each as ``{"job_id", "overrides"}``, written once with the jobs."""
+
+    __tablename__ = "sweeps"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key"),
+        Index("ix_sweeps_tenant_created", "tenant_id", "created_at", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    base: Mapped[dict[str, Any]] = mapped_column(JSON)  # the job body every point starts from
+    grid: Mapped[dict[str, Any]] = mapped_column(JSON)
+    metric: Mapped[str] = mapped_column(String(16))
+    scratch: Mapped[bool] = mapped_column(Boolean, default=False)
+    points: Mapped[list[Any]] = mapped_column(JSON)
+
+
 class Job(Timestamps, Base):
     __tablename__ = "jobs"
     __table_args__ = (
@@ -203,6 +225,9 @@ class Job(Timestamps, Base):
     student: Mapped[dict[str, Any]] = mapped_column(JSON)
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
     method: Mapped[str] = mapped_column(String(16))
+    sweep_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("sweeps.id"), index=True)
+    # Automatic choices resolved before training ("auto" settings), as the worker records them.
+    choices: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=dict)
 
     status: Mapped[JobStatus] = mapped_column(_enum(JobStatus), default=JobStatus.queued)
     stage: Mapped[str | None] = mapped_column(String(16))

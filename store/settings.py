@@ -59,7 +59,9 @@ class Settings(BaseSettings):
 
     # -- limits --------------------------------------------------------------------------
     max_upload_bytes: int = Field(default=2048 * MiB, gt=0)
-    max_running_jobs_per_tenant: int = Field(default=4, ge=1)
+    max_running_jobs_per_tenant: int = Field(default=4, ge=1)  # plain jobs, not sweep points
+    # Queued and running points of all a tenant's sweeps together; one sweep's grid too.
+    max_sweep_points_per_tenant: int = Field(default=64, ge=1)
     max_stored_bytes_per_tenant: int = Field(default=50 * 1024 * MiB, gt=0)
     allow_code_checkpoints: bool = False
 

@@ -41,6 +41,10 @@ class JobPublic(BaseModel):
     epoch: int | None
     progress: float
     metrics: dict[str, Any]
+    choices: dict[str, Any] = Field(
+        description="automatic choices resolved before training (what each 'auto' became)"
+    )
+    sweep_id: uuid.UUID | None = Field(description="the sweep this job is a point of, if any")
     error: JobError | None
     attempts: int
     cancel_requested: bool

@@ -3,6 +3,9 @@ that names the valid choices instead of a job that fails later."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -27,6 +30,23 @@ from store.settings import Settings
 
 from .schemas import JobCreate, JobError, JobPublic
 
+Loc = tuple[str | int, ...]
+
+
+def as_sent(loc: Loc) -> Loc:
+    """A field of a job request is named by its own path (``config.hint``)."""
+    return loc
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A job request that passed every check, with the rows it names."""
+
+    body: JobCreate
+    data: DatasetRecord
+    val: DatasetRecord | None
+    teacher: Teacher | None
+
 
 def submit(
     session: Session,
@@ -42,43 +62,7 @@ def submit(
         existing = jobs.by_idempotency_key(idempotency_key)
         if existing is not None:
             return existing, False
-    config, student = body.config, body.student
-    datasets = DatasetRepository(session, tenant.id)
-    data = _ready_dataset(datasets.get(body.dataset_id), body.dataset_id, "dataset_id")
-    val = None
-    if body.val_dataset_id is not None:
-        val = _ready_dataset(
-            datasets.get(body.val_dataset_id), body.val_dataset_id, "val_dataset_id"
-        )
-        if val.input_shape != data.input_shape or len(val.classes or []) != len(data.classes or []):
-            raise Invalid(
-                f"val_dataset_id: samples {val.input_shape} with "
-                f"{len(val.classes or [])} classes do not match the training data "
-                f"({data.input_shape}, {len(data.classes or [])} classes)"
-            )
-    shapes = _student_shapes(student, data)
-    teacher = _teacher(session, tenant, body, config, data)
-    if config.hint is not None and teacher is not None:
-        teacher_shapes = {layer["path"]: tuple(layer["shape"]) for layer in teacher.layers or []}
-        try:
-            # "auto" layers are chosen here, from the shapes, and stored in the job's config.
-            config, _ = resolve_hint(config, shapes, teacher_shapes)
-            assert config.hint is not None
-            check_hint(config.hint, shapes, teacher_shapes)
-        except SpecError as exc:
-            raise Invalid(str(exc), errors=_located(exc)) from exc
-    if {"temperature", "alpha"} & set(config.auto_fields) and _no_validation(config, val):
-        raise Invalid(
-            'config: temperature/alpha "auto" are chosen on validation data: give '
-            "val_dataset_id or a val_split above 0",
-            errors=[{"loc": ["config", "val_split"], "msg": "must be > 0", "type": "value_error"}],
-        )
-    train_samples = (data.samples or 0) * (1 if val is not None else 1 - config.val_split)
-    if config.batch_size > train_samples:
-        raise Invalid(
-            f"config.batch_size {config.batch_size} is larger than the "
-            f"{int(train_samples)} training samples; lower it"
-        )
+    checked = check(session, tenant=tenant, body=body)
     limit = tenant.max_running_jobs or settings.max_running_jobs_per_tenant
     if jobs.active_count() >= limit:
         raise TooManyRequests(
@@ -87,18 +71,7 @@ def submit(
             headers={"Retry-After": "60"},
         )
 
-    job = Job(
-        tenant_id=tenant.id,
-        name=body.name or "",
-        idempotency_key=idempotency_key,
-        teacher_id=teacher.id if teacher else None,
-        dataset_id=data.id,
-        val_dataset_id=val.id if val else None,
-        student=student.model_dump(mode="json"),
-        config=config.model_dump(mode="json"),
-        method=config.method,
-        metrics={},
-    )
+    job = new_job(tenant, checked, name=body.name or "", idempotency_key=idempotency_key)
     try:
         with session.begin_nested():
             jobs.add(job)
@@ -111,20 +84,118 @@ def submit(
     return job, True
 
 
-def _no_validation(config: DistillConfig, val: DatasetRecord | None) -> bool:
-    """Whether a job would have no validation data to choose by."""
-    return val is None and config.val_split == 0
+def check(
+    session: Session, *, tenant: Tenant, body: JobCreate, at: Callable[[Loc], Loc] = as_sent
+) -> Checked:
+    """Every check of a job request that needs no torch: the datasets and the teacher belong
+    to the tenant and are ready and agree, the student takes the data, FitNets layers exist
+    and join, the batch fits. ``at`` maps a field's path in ``body`` to its path in what the
+    user sent (a sweep's points are job requests built from a sweep's body).
+
+    Raises:
+        Invalid: naming the field and what to change.
+        Conflict: a dataset or the teacher is still being validated.
+    """
+    config, student = body.config, body.student
+    datasets = DatasetRepository(session, tenant.id)
+    data = _ready_dataset(datasets.get(body.dataset_id), body.dataset_id, _dotted(at, "dataset_id"))
+    val = None
+    if body.val_dataset_id is not None:
+        field = _dotted(at, "val_dataset_id")
+        val = _ready_dataset(datasets.get(body.val_dataset_id), body.val_dataset_id, field)
+        if val.input_shape != data.input_shape or len(val.classes or []) != len(data.classes or []):
+            raise Invalid(
+                f"{field}: samples {val.input_shape} with "
+                f"{len(val.classes or [])} classes do not match the training data "
+                f"({data.input_shape}, {len(data.classes or [])} classes)"
+            )
+    shapes = _student_shapes(student, data, at)
+    teacher = _teacher(session, tenant, body, config, data, at)
+    if config.hint is not None and teacher is not None:
+        teacher_shapes = {layer["path"]: tuple(layer["shape"]) for layer in teacher.layers or []}
+        try:
+            # "auto" layers are chosen here, from the shapes, and stored in the job's config.
+            config, _ = resolve_hint(config, shapes, teacher_shapes)
+            assert config.hint is not None
+            check_hint(config.hint, shapes, teacher_shapes)
+        except SpecError as exc:
+            raise _invalid(_relocated(exc, at)) from exc
+        body = body.model_copy(update={"config": config})
+    if {"temperature", "alpha"} & set(config.auto_fields) and val is None and not config.val_split:
+        loc = at(("config", "val_split"))
+        raise _invalid(
+            SpecError(
+                f'{".".join(map(str, loc))}: temperature/alpha "auto" are chosen on validation '
+                "data: give val_dataset_id or a val_split above 0",
+                loc=loc,
+            )
+        )
+    train_samples = (data.samples or 0) * (1 if val is not None else 1 - config.val_split)
+    if config.batch_size > train_samples:
+        raise Invalid(
+            f"{_dotted(at, 'config', 'batch_size')} {config.batch_size} is larger than the "
+            f"{int(train_samples)} training samples; lower it"
+        )
+    return Checked(body=body, data=data, val=val, teacher=teacher)
 
 
-def _student_shapes(student: Spec, data: DatasetRecord) -> dict[str, Shape]:
+def new_job(
+    tenant: Tenant,
+    checked: Checked,
+    *,
+    name: str,
+    idempotency_key: str | None = None,
+    sweep_id: uuid.UUID | None = None,
+) -> Job:
+    """The row of a checked request (not yet added to the session)."""
+    body = checked.body
+    return Job(
+        id=uuid.uuid4(),
+        tenant_id=tenant.id,
+        name=name,
+        idempotency_key=idempotency_key,
+        teacher_id=checked.teacher.id if checked.teacher else None,
+        dataset_id=checked.data.id,
+        val_dataset_id=checked.val.id if checked.val else None,
+        student=body.student.model_dump(mode="json"),
+        config=body.config.model_dump(mode="json"),
+        method=body.config.method,
+        sweep_id=sweep_id,
+        metrics={},
+        choices={},
+    )
+
+
+def _dotted(at: Callable[[Loc], Loc], *path: str) -> str:
+    return ".".join(map(str, at(path)))
+
+
+def _student_shapes(
+    student: Spec, data: DatasetRecord, at: Callable[[Loc], Loc]
+) -> dict[str, Shape]:
     """The student's layer shapes on this data: the family's own torch-free check."""
     try:
         return layer_shapes(student, tuple(data.input_shape or ()), len(data.classes or []))
     except SpecError as exc:
-        raise Invalid(f"student: {exc}", errors=_located(exc, "student")) from exc
+        raise Invalid(
+            f"{_dotted(at, 'student')}: {exc}", errors=_located(exc, *at(("student",)))
+        ) from exc
 
 
-def _located(exc: SpecError, *prefix: str) -> list[dict[str, Any]]:
+def _relocated(exc: SpecError, at: Callable[[Loc], Loc]) -> SpecError:
+    """``exc`` naming its field as sent: its message starts with the field's path."""
+    if not exc.loc:
+        return exc
+    loc = at(exc.loc)
+    message = str(exc).removeprefix(f"{'.'.join(map(str, exc.loc))}: ")
+    return SpecError(f"{'.'.join(map(str, loc))}: {message}", loc=loc)
+
+
+def _invalid(exc: SpecError) -> Invalid:
+    return Invalid(str(exc), errors=_located(exc))
+
+
+def _located(exc: SpecError, *prefix: str | int) -> list[dict[str, Any]]:
     loc = [*prefix, *exc.loc] if exc.loc or prefix else []
     return [{"loc": loc, "msg": str(exc), "type": "value_error"}] if loc else []
 
@@ -140,21 +211,27 @@ def _ready_dataset(d: DatasetRecord | None, id_: Any, field: str) -> DatasetReco
 
 
 def _teacher(
-    session: Session, tenant: Tenant, body: JobCreate, config: DistillConfig, data: DatasetRecord
+    session: Session,
+    tenant: Tenant,
+    body: JobCreate,
+    config: DistillConfig,
+    data: DatasetRecord,
+    at: Callable[[Loc], Loc],
 ) -> Teacher | None:
+    field = _dotted(at, "teacher_id")
     if not config.uses_teacher:
         if body.teacher_id is not None:
-            raise Invalid('teacher_id: method "scratch" trains without a teacher; send null')
+            raise Invalid(f'{field}: method "scratch" trains without a teacher; send null')
         return None
     if body.teacher_id is None:
-        raise Invalid(f"teacher_id: method {config.method!r} needs a teacher")
+        raise Invalid(f"{field}: method {config.method!r} needs a teacher")
     teacher = TeacherRepository(session, tenant.id).get(body.teacher_id)
     if teacher is None:
-        raise Invalid(f"teacher_id: no teacher {body.teacher_id}")
+        raise Invalid(f"{field}: no teacher {body.teacher_id}")
     if teacher.status == AssetStatus.validating:
         raise Conflict(f"teacher {teacher.id} is still being validated; retry in a moment")
     if teacher.status == AssetStatus.invalid:
-        raise Invalid(f"teacher_id: teacher {teacher.id} is invalid: {teacher.error}")
+        raise Invalid(f"{field}: teacher {teacher.id} is invalid: {teacher.error}")
     if list(teacher.input_shape) != list(data.input_shape or []):
         raise Invalid(
             f"teacher takes input {teacher.input_shape}, the dataset has {data.input_shape}"
@@ -182,6 +259,8 @@ def to_public(j: Job) -> JobPublic:
         epoch=j.epoch,
         progress=j.progress,
         metrics=j.metrics or {},
+        choices=j.choices or {},
+        sweep_id=j.sweep_id,
         error=error,
         attempts=j.attempts,
         cancel_requested=j.cancel_requested,

@@ -42,7 +42,10 @@ class JobRepository:
         self.session.flush()
         return job
 
-    def active_count(self) -> int:
+    def active_count(self, *, in_sweeps: bool = False) -> int:
+        """Queued and running jobs: plain ones, or (``in_sweeps``) the points of sweeps;
+        each kind has a limit of its own."""
+        in_sweep = Job.sweep_id.is_not(None) if in_sweeps else Job.sweep_id.is_(None)
         return (
             self.session.scalar(
                 select(func.count())
@@ -50,6 +53,7 @@ class JobRepository:
                 .where(
                     Job.tenant_id == self.tenant_id,
                     Job.status.in_([JobStatus.queued, JobStatus.running]),
+                    in_sweep,
                 )
             )
             or 0

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.testclient import TestClient
 
+from client import KDServeClient
 from store.blobs import BlobStore
 from store.db import transaction
-from store.models import Artifact, AssetStatus, DatasetRecord, Job, JobStatus, Teacher
+from store.models import Artifact, AssetStatus, DatasetRecord, Job, JobStatus, MetricPoint, Teacher
 from store.repositories.tenants import TenantRepository
 from store.settings import Settings
 
@@ -123,3 +125,38 @@ def succeed_with_artifacts(server: Server, job_id: str) -> dict[str, bytes]:
         add_artifact(server, job_id, name, data)
     update_job(server, job_id, status=JobStatus.succeeded, progress=1.0)
     return files
+
+
+def record_epochs(server: Server, job_id: str, epochs: list[dict[str, float]]) -> None:
+    """One metric point per key of each epoch (steps 1, 2, ...), as the worker records them."""
+    with transaction(server.sessions) as session:
+        for step, values in enumerate(epochs, start=1):
+            for key, value in values.items():
+                session.add(MetricPoint(job_id=uuid.UUID(job_id), key=key, step=step, value=value))
+
+
+class Wire(httpx.BaseTransport):
+    """The in-process API's transport, recording requests; ``lose`` drops the response of
+    the first n matching requests after the app handled them (a network failure)."""
+
+    def __init__(self, server: Server, lose: dict[str, int] | None = None) -> None:
+        self.inner = server.http._transport  # Starlette's transport into the running app
+        self.lose = dict(lose or {})
+        self.requests: list[httpx.Request] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        response = self.inner.handle_request(request)
+        what = f"{request.method} {request.url.path}"
+        if self.lose.get(what):
+            self.lose[what] -= 1
+            response.read()
+            raise httpx.ReadTimeout("response lost", request=request)
+        return response
+
+
+def client_over(transport: httpx.BaseTransport, api_key: str) -> KDServeClient:
+    http = httpx.Client(transport=transport, base_url="http://testserver")
+    kd = KDServeClient(api_key=api_key, http=http)
+    kd._sleep = lambda _s: None
+    return kd

@@ -16,6 +16,8 @@ from client import KDServeAPIError, KDServeClient, KDServeConnectionError, defau
 from tests.client.factories import (
     DIGITS,
     Server,
+    Wire,
+    client_over,
     mark_dataset_ready,
     scratch_config,
     student_spec,
@@ -128,8 +130,8 @@ def test_a_lost_submit_response_is_retried_without_a_second_job(
 ) -> None:
     """The first POST reaches the API and commits, but its response is lost: the retry
     carries the same Idempotency-Key and gets the same job back."""
-    wire = _Wire(server, lose={"POST /v1/jobs": 1})
-    kd = _client_over(wire, api_key)
+    wire = Wire(server, lose={"POST /v1/jobs": 1})
+    kd = client_over(wire, api_key)
     dataset = _ready_dataset(kd, server, tmp_path)
 
     job = kd.submit_job(dataset_id=dataset, student=student_spec(), config=scratch_config())
@@ -141,8 +143,8 @@ def test_a_lost_submit_response_is_retried_without_a_second_job(
 
 
 def test_lists_follow_cursors_newest_first(server: Server, api_key: str, tmp_path: Path) -> None:
-    wire = _Wire(server)
-    kd = _client_over(wire, api_key)
+    wire = Wire(server)
+    kd = client_over(wire, api_key)
     uploaded = [
         kd.upload_dataset(write_file(tmp_path / f"{i}.npz", 64, seed=i))["id"] for i in range(5)
     ]
@@ -290,33 +292,6 @@ def _ready_dataset(kd: KDServeClient, server: Server, tmp_path: Path) -> str:
     dataset_id: str = kd.upload_dataset(write_file(tmp_path / "ready.npz", 128, seed=99))["id"]
     mark_dataset_ready(server, dataset_id)
     return dataset_id
-
-
-class _Wire(httpx.BaseTransport):
-    """The in-process API's transport, recording requests; ``lose`` drops the response of
-    the first n matching requests after the app handled them (a network failure)."""
-
-    def __init__(self, server: Server, lose: dict[str, int] | None = None) -> None:
-        self.inner = server.http._transport  # Starlette's transport into the running app
-        self.lose = dict(lose or {})
-        self.requests: list[httpx.Request] = []
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        response = self.inner.handle_request(request)
-        what = f"{request.method} {request.url.path}"
-        if self.lose.get(what):
-            self.lose[what] -= 1
-            response.read()
-            raise httpx.ReadTimeout("response lost", request=request)
-        return response
-
-
-def _client_over(transport: httpx.BaseTransport, api_key: str) -> KDServeClient:
-    http = httpx.Client(transport=transport, base_url="http://testserver")
-    kd = KDServeClient(api_key=api_key, http=http)
-    kd._sleep = lambda _s: None
-    return kd
 
 
 def _scripted(handler: Callable[[httpx.Request], httpx.Response], **kw: int) -> KDServeClient:

@@ -212,3 +212,86 @@ def test_sigkilled_worker_resumes_and_finishes_with_one_set_of_artifacts(
     ]
     assert [r["epoch"] for r in rows] == list(range(1, 41))
     assert killed_at >= 3
+
+
+# -- sweeps ------------------------------------------------------------------------------------
+
+
+def test_a_sweep_runs_every_point_ranks_them_and_its_kd_points_share_one_cache_entry(
+    stack: Stack,
+    alice: KDServeClient,
+    data: dict[str, str],
+    finished: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """Two temperatures and a scratch point: every point succeeds, the leaderboard is sorted
+    and topped by the best job, whose student downloads through the sweep's URLs; the KD
+    points read one teacher-cache entry (temperature is not in its key)."""
+    sweep = alice.submit_sweep(
+        student=STUDENT,
+        teacher_id=finished["teacher"]["id"],
+        config={"method": "kd", "epochs": 2, "batch_size": 64},
+        grid={"temperature": [2, 8]},
+        scratch=True,
+        name="temperatures",
+        dataset_id=data["dataset_id"],
+        val_dataset_id=data["val_dataset_id"],
+    )
+    done = alice.wait_sweep(sweep["id"], timeout=600, interval=0.5)
+    assert done["status"] == "succeeded", (done, stack.log("worker"))
+    assert [p["status"] for p in done["points"]] == ["succeeded"] * 3
+    assert [p["overrides"] for p in done["points"]] == [
+        {"temperature": 2},
+        {"temperature": 8},
+        {"method": "scratch", "seed": 0},
+    ]
+    board = done["leaderboard"]
+    assert len(board) == 3
+    assert [p["val_accuracy"] for p in board] == sorted(
+        (p["val_accuracy"] for p in board), reverse=True
+    )
+    assert done["best_job_id"] == board[0]["job_id"]
+    for point in done["points"]:  # each point's best epoch, from its recorded series
+        series = alice.job_metrics(point["job_id"])["val_accuracy"]
+        assert len(series) == 2
+        assert point["val_accuracy"] == max(p["value"] for p in series)
+
+    paths = alice.download_sweep(sweep["id"], tmp_path / "best")
+    assert {p.name for p in paths} >= ARTIFACTS
+    best_report = alice.job_report(done["best_job_id"])
+    assert json.loads((tmp_path / "best" / "report.json").read_text()) == best_report
+
+    kd_points = [p["job_id"] for p in done["points"] if "temperature" in p["overrides"]]
+    caches = [alice.job_report(job)["teacher_cache"] for job in kd_points]
+    assert len({c["key"] for c in caches}) == 1, caches
+    assert [c["status"] for c in caches].count("hit") >= 1, caches
+    entry = next(e for e in alice.list_cache_entries() if e["key"] == caches[0]["key"])
+    assert entry["hits"] >= 1
+    assert alice.job_report(done["points"][2]["job_id"])["teacher"] is None  # scratch
+
+
+def test_cancel_stops_a_sweeps_running_point_and_its_queued_ones(
+    stack: Stack, alice: KDServeClient, data: dict[str, str], finished: dict[str, Any]
+) -> None:
+    sweep = alice.submit_sweep(
+        student=STUDENT,
+        config={"method": "scratch", "epochs": 500, "batch_size": 64},
+        grid={"seed": [1, 2, 3]},
+        dataset_id=data["dataset_id"],
+        val_dataset_id=data["val_dataset_id"],
+    )
+    first = sweep["points"][0]["job_id"]
+    wait_job(
+        alice, first, lambda j: j["status"] == "running" and (j["epoch"] or 0) >= 1, timeout=240
+    )
+    asked = time.monotonic()
+    canceled = alice.cancel_sweep(sweep["id"])
+    assert [p["status"] for p in canceled["points"]] == ["running", "canceled", "canceled"]
+    done = alice.wait_sweep(sweep["id"], timeout=30, interval=0.2)
+    assert done["status"] == "canceled"
+    assert time.monotonic() - asked < 15
+    assert done["counts"]["canceled"] == 3
+    assert all(alice.list_artifacts(p["job_id"]) == [] for p in done["points"])
+    with pytest.raises(KDServeAPIError) as info:
+        alice.cancel_sweep(sweep["id"])
+    assert info.value.status == 409

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from client import KDServeClient
@@ -121,3 +122,53 @@ def test_killed_worker_resumes_with_one_set_of_artifacts_and_no_orphans(
         attempts=2,
         folder=tmp_path / "out",
     )
+
+
+def test_a_worker_killed_mid_sweep_loses_no_point_and_runs_none_twice(
+    stack: Stack,
+    alice: KDServeClient,
+    data: dict[str, str],
+    teacher: dict[str, Any],
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    """SIGKILL the worker while a sweep's point trains and another waits in the queue: on a new
+    worker every point succeeds once (the killed one resumes on its second attempt), and the
+    sweep has exactly its points' jobs."""
+    sweep = alice.submit_sweep(
+        student=STUDENT,
+        teacher_id=teacher["id"],
+        config={"method": "kd", "epochs": KD, "batch_size": 64, "seed": 0},
+        grid={"temperature": [2, 8]},
+        dataset_id=data["dataset_id"],
+        val_dataset_id=data["val_dataset_id"],
+    )
+    jobs = [p["job_id"] for p in sweep["points"]]
+
+    training: list[str] = []
+
+    def mid_training() -> bool:
+        training[:] = [j for j in jobs if _in_stage("kd")(alice.get_job(j))]
+        return bool(training)
+
+    assert wait_until(mid_training, timeout=180, every=0.05), alice.get_sweep(sweep["id"])
+    stack.kill("worker")
+    killed = training[0]
+    stack.start_worker("worker")
+
+    done = alice.wait_sweep(sweep["id"], timeout=600, interval=0.5)
+    assert done["status"] == "succeeded", (done, stack.log("worker"))
+    assert [p["job_id"] for p in done["points"]] == jobs
+    for n, job in enumerate(jobs):
+        assert_one_clean_run(
+            alice,
+            database_url,
+            wait_final(alice, job, timeout=5),
+            epochs=[("kd", KD)],
+            attempts=2 if job == killed else 1,
+            folder=tmp_path / str(n),
+        )
+    with psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://", 1)) as c:
+        row = c.execute("SELECT count(*) FROM jobs WHERE sweep_id = %s", (sweep["id"],)).fetchone()
+    assert row == (len(jobs),)
+    assert len(done["leaderboard"]) == len(jobs)

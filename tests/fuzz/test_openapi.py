@@ -49,14 +49,15 @@ from sqlalchemy.orm import Session
 from api.app import create_app
 from store.blobs import store_from_settings
 from store.db import make_engine, make_sessionmaker
-from store.models import Artifact, JobStatus, MetricPoint
+from store.models import Artifact, JobStatus, MetricPoint, Sweep
 from store.settings import Settings
 from tests.api.factories import Tenancy, create_dataset, create_job, create_teacher, make_tenant
 from tests.pg import SERVER, sqlalchemy_url
 
 ROOT = Path(__file__).resolve().parents[2]
+MLP = {"family": "mlp", "hidden": [8]}
 REDIS_URL = "redis://127.0.0.1:6379/14"
-# Generated requests per operation: ~20 s for all 18 on 2 cores (KDSERVE_FUZZ_EXAMPLES=300, about
+# Generated requests per operation: ~30 s for all 26 on 2 cores (KDSERVE_FUZZ_EXAMPLES=300, about
 # 2.5 min, for a longer hunt).
 EXAMPLES = int(os.environ.get("KDSERVE_FUZZ_EXAMPLES", "50"))
 CHECKS = [
@@ -113,10 +114,23 @@ def _seed(s: Session, tenant: Tenancy) -> dict[str, list[str]]:
         obj = w.commit()
         s.add(Artifact(job_id=done.id, name=name, uri=obj.uri, size=obj.size, sha256=obj.sha256))
     s.add(MetricPoint(job_id=done.id, key="val_accuracy", step=1, value=0.5))
+    base = {"dataset_id": str(dataset.id), "student": MLP, "config": {"method": "scratch"}}
+    sweep = Sweep(
+        tenant_id=tenant.id, base=base, grid={"seed": [0, 1]}, metric="val_accuracy", points=[]
+    )
+    s.add(sweep)
+    s.flush()
+    point = create_job(s, tenant.id, dataset_id=dataset.id, sweep_id=sweep.id)
+    done.sweep_id = sweep.id  # a sweep with a best point (whose artifacts are seeded above)
+    sweep.points = [
+        {"job_id": str(job.id), "overrides": {"seed": seed}}
+        for seed, job in enumerate((done, point))
+    ]
     return {
         "teacher_id": [str(teacher.id)],
         "dataset_id": [str(dataset.id)],
         "job_id": [str(queued.id), str(done.id)],
+        "sweep_id": [str(sweep.id)],
         "name": ["report.json", "student.safetensors"],
     }
 

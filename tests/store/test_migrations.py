@@ -11,15 +11,16 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import MetaData, Table, create_engine, insert, inspect, text
 
 from store.blobs import LocalStore
 from store.db import make_engine, make_sessionmaker
-from store.models import Base
+from store.models import Base, Job
 from tests.pg import fresh_database
-from tests.worker.factories import create_dataset, create_job, create_teacher, create_tenant
+from tests.worker.factories import create_dataset, create_teacher, create_tenant
 
 ROOT = Path(__file__).resolve().parents[2]
+ADDED_TO_JOBS = {"sweep_id", "choices"}  # by 0004
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
@@ -66,10 +67,26 @@ def test_upgrading_a_database_with_jobs_keeps_every_row(url: str, tmp_path: Path
         tenant = create_tenant(s)
         teacher = create_teacher(s, store, tenant.id)
         dataset = create_dataset(s, store, tenant.id)
-        create_job(s, tenant_id=tenant.id, dataset_id=dataset.id, teacher_id=teacher.id)
+        # A job as 0001 stored it: without the columns later revisions add to the model.
+        jobs = Table(
+            "jobs",
+            MetaData(),
+            *(c._copy() for c in Job.__table__.columns if c.name not in ADDED_TO_JOBS),
+        )
+        s.execute(
+            insert(jobs).values(
+                tenant_id=tenant.id,
+                dataset_id=dataset.id,
+                teacher_id=teacher.id,
+                student={"family": "mlp", "hidden": [8]},
+                config={"method": "scratch", "epochs": 2},
+                method="scratch",
+                metrics={},
+            )
+        )
     engine.dispose()
 
-    assert upgrade_database(url, timeout=10, say=lambda _: None) == "0003"
+    assert upgrade_database(url, timeout=10, say=lambda _: None) == "0004"
     engine = make_engine(url)
     try:
         with engine.connect() as conn:

@@ -1,0 +1,2 @@
+"""Hyper-parameter sweeps: one job per point of a grid over a base job, ranked by a
+validation metric; the best point's student downloads like a job's."""
