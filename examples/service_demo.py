@@ -101,7 +101,10 @@ def main(out: Path) -> None:
             f"{len(teacher['layers'])} layers"
         )
 
-        step("distilling a smaller student by FitNets (hint relu1 → guided relu2, then KD)")
+        step(
+            "distilling a smaller student by FitNets (hint relu1 → guided relu2, then KD), "
+            'and training it alone too ("baseline": true) to show what distillation bought'
+        )
         job = kd.submit_job(
             student=json.loads((EXAMPLES / "student.json").read_text()),
             teacher_id=teacher["id"],

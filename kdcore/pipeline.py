@@ -155,6 +155,7 @@ def run(
             config,
             layer_shapes(spec, train_data.input_shape, train_data.num_classes),
             _teacher_shapes(teacher_model, train_data.input_shape),
+            train_data.input_shape,
         )
         if choice is not None:
             choices["hint"] = asdict(choice)

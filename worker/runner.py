@@ -521,6 +521,7 @@ class _Attempt:
                     now=utcnow(),
                     artifacts=artifacts,
                     metrics=metrics,
+                    choices={**(self.job.choices or {}), **report.choices},
                 )
 
         outcome = self.lease.finish(once, Outcome.succeeded)
@@ -654,6 +655,8 @@ def _report_metrics(report: Report) -> dict[str, Any]:
         value = getattr(report, key)
         if value is not None:
             out[key] = value
+    if report.exported.get("epoch") is not None:
+        out["exported_epoch"] = report.exported["epoch"]
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -46,6 +46,7 @@ class Checked:
     data: DatasetRecord
     val: DatasetRecord | None
     teacher: Teacher | None
+    choices: dict[str, Any] = field(default_factory=dict)  # "auto" values resolved here
 
 
 def submit(
@@ -111,11 +112,14 @@ def check(
             )
     shapes = _student_shapes(student, data, at)
     teacher = _teacher(session, tenant, body, config, data, at)
+    hint_choice = None
     if config.hint is not None and teacher is not None:
         teacher_shapes = {layer["path"]: tuple(layer["shape"]) for layer in teacher.layers or []}
         try:
             # "auto" layers are chosen here, from the shapes, and stored in the job's config.
-            config, _ = resolve_hint(config, shapes, teacher_shapes)
+            config, hint_choice = resolve_hint(
+                config, shapes, teacher_shapes, tuple(data.input_shape or ())
+            )
             assert config.hint is not None
             check_hint(config.hint, shapes, teacher_shapes)
         except SpecError as exc:
@@ -136,7 +140,8 @@ def check(
             f"{_dotted(at, 'config', 'batch_size')} {config.batch_size} is larger than the "
             f"{int(train_samples)} training samples; lower it"
         )
-    return Checked(body=body, data=data, val=val, teacher=teacher)
+    choices = {"hint": asdict(hint_choice)} if hint_choice is not None else {}
+    return Checked(body=body, data=data, val=val, teacher=teacher, choices=choices)
 
 
 def new_job(
@@ -162,7 +167,7 @@ def new_job(
         method=body.config.method,
         sweep_id=sweep_id,
         metrics={},
-        choices={},
+        choices=checked.choices,
     )
 
 

@@ -36,8 +36,11 @@ class HintChoice:
     reason: str
 
 
-def choose_hint(student: Mapping[str, Shape], teacher: Mapping[str, Shape]) -> HintChoice:
-    """The hint and guided layers for two models' layer shapes (module order kept).
+def choose_hint(
+    student: Mapping[str, Shape], teacher: Mapping[str, Shape], input_shape: Shape
+) -> HintChoice:
+    """The hint and guided layers for two models' layer shapes (module order kept) on
+    samples of ``input_shape``.
 
     Raises:
         SpecError (``loc`` ``config.hint``): no layer pair fits the rule; the message says
@@ -55,7 +58,8 @@ def choose_hint(student: Mapping[str, Shape], teacher: Mapping[str, Shape]) -> H
             f"the last layers at {size[0]}×{size[1]}, the largest spatial size both models "
             "have (the end of their first stage)",
         )
-    t_vec, s_vec = _last_hidden_vector(teacher), _last_hidden_vector(student)
+    numel = math.prod(input_shape)
+    t_vec, s_vec = _last_hidden_vector(teacher, numel), _last_hidden_vector(student, numel)
     if t_vec is not None and s_vec is not None and not (t_maps or s_maps):
         return HintChoice(t_vec, s_vec, "the last hidden layers (vector models)")
     raise SpecError(
@@ -67,14 +71,17 @@ def choose_hint(student: Mapping[str, Shape], teacher: Mapping[str, Shape]) -> H
 
 
 def resolve_hint(
-    config: DistillConfig, student: Mapping[str, Shape], teacher: Mapping[str, Shape]
+    config: DistillConfig,
+    student: Mapping[str, Shape],
+    teacher: Mapping[str, Shape],
+    input_shape: Shape,
 ) -> tuple[DistillConfig, HintChoice | None]:
     """``config`` with an ``"auto"`` hint replaced by :func:`choose_hint`'s layers (its
     ``epochs`` and ``lr`` kept), and the choice; unchanged (None) otherwise."""
     hint = config.hint
     if hint is None or not hint.auto:
         return config, None
-    choice = choose_hint(student, teacher)
+    choice = choose_hint(student, teacher, input_shape)
     chosen = HintConfig(
         teacher_layer=choice.teacher_layer,
         student_layer=choice.student_layer,
@@ -97,11 +104,11 @@ def _last_at(maps: Mapping[str, tuple[tuple[int, int], int]], size: tuple[int, i
     return max((i, path) for path, (s, i) in maps.items() if s == size)[1]
 
 
-def _last_hidden_vector(shapes: Mapping[str, Shape]) -> str | None:
-    """The last ``(F,)`` layer before the logits (the last layer), the input's flatten
-    (the first vector layer, when it comes first) excluded."""
-    paths = list(shapes)
-    vectors = [p for p in paths[:-1] if len(shapes[p]) == 1]
-    if vectors and vectors[0] == paths[0]:  # a flatten of the input: not a hidden layer
-        vectors = vectors[1:]
+def _last_hidden_vector(shapes: Mapping[str, Shape], input_size: int) -> str | None:
+    """The last ``(F,)`` layer before the logits (the last layer), leading flattens of the
+    input (``F`` = the input's size) excluded."""
+    paths = list(shapes)[:-1]
+    while paths and tuple(shapes[paths[0]]) == (input_size,):
+        paths = paths[1:]
+    vectors = [p for p in paths if len(shapes[p]) == 1]
     return vectors[-1] if vectors else None

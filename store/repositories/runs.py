@@ -224,8 +224,10 @@ class RunRepository:
         now: datetime,
         artifacts: Sequence[NewArtifact],
         metrics: dict[str, Any],
+        choices: dict[str, Any] | None = None,
     ) -> bool:
-        """Mark the job succeeded and list its artifacts (replacing an earlier attempt's)."""
+        """Mark the job succeeded and list its artifacts (replacing an earlier attempt's);
+        ``choices``: the automatic choices the run resolved (``report.json``'s)."""
         if not self.finish(
             job_id,
             lease=lease,
@@ -233,6 +235,7 @@ class RunRepository:
             now=now,
             progress=1.0,
             metrics=metrics,
+            choices=choices or {},
         ):
             return False
         self._execute(delete(Artifact).where(Artifact.job_id == job_id))

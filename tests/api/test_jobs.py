@@ -244,3 +244,34 @@ def test_openapi_documents_the_job_contract(client: TestClient) -> None:
     config = schemas["DistillConfig"]["properties"]
     assert {"method", "epochs", "temperature", "alpha", "hint", "augment"} <= set(config)
     assert config["method"]["enum"] == ["scratch", "kd", "fitnet"]
+
+
+def test_an_auto_hint_is_resolved_at_submission_and_recorded(
+    client: TestClient, alice: Tenancy, ready: dict[str, str]
+) -> None:
+    r = _submit(client, alice, student=MLP, config={"method": "fitnet"}, **ready)
+
+    assert r.status_code == 202, r.text
+    job = r.json()
+    # The teacher lists fc1, relu1, head; the student mlp [8]: their last hidden layers.
+    assert job["config"]["hint"] == {
+        "teacher_layer": "relu1",
+        "student_layer": "relu1",
+        "epochs": 5,
+        "lr": None,
+    }
+    assert job["choices"]["hint"]["teacher_layer"] == "relu1"
+    assert "vector models" in job["choices"]["hint"]["reason"]
+    assert client.get(f"/v1/jobs/{job['id']}", headers=alice.headers).json() == job
+
+
+def test_auto_temperature_without_validation_data_is_422(
+    client: TestClient, alice: Tenancy, ready: dict[str, str]
+) -> None:
+    config = {"method": "kd", "temperature": "auto", "val_split": 0}
+    r = _submit(client, alice, student=MLP, config=config, **ready)
+
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith('config.val_split: temperature/alpha "auto"')
+    config["val_split"] = 0.2
+    assert _submit(client, alice, student=MLP, config=config, **ready).status_code == 202
