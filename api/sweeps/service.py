@@ -159,7 +159,7 @@ def _public(
     for index, entry in enumerate(sweep.points):
         job = jobs[uuid.UUID(entry["job_id"])]
         config = DistillConfig.model_validate(job.config)
-        acc, nll, epoch = _best_epoch(series[job.id], epochs_before_stage(config)[-1], metric)
+        acc, nll, epoch = _best_epoch(series[job.id], epochs_before_stage(config)[-1])
         error = (
             JobError(code=job.error_code, message=job.error_message or "")
             if job.error_code
@@ -198,28 +198,25 @@ def _public(
 
 
 def _best_epoch(
-    recorded: Sequence[MetricPoint], before_final: int, metric: SweepMetric
+    recorded: Sequence[MetricPoint], before_final: int
 ) -> tuple[float | None, float | None, int | None]:
-    """``(val_accuracy, val_nll, epoch)`` of the final stage's best epoch by ``metric``: the
-    epoch whose weights the job exports. Ties go to the earlier epoch."""
+    """``(val_accuracy, val_nll, epoch)`` of the final stage's best epoch, by the engine's
+    rule for the epoch it exports (``checkpoint: "best"``): the highest validation accuracy,
+    then the lower validation NLL, then the earlier epoch. The sweep's metric ranks points
+    by this epoch's value, so a point's figures are always those of its student."""
     epochs: dict[int, dict[str, float]] = defaultdict(dict)
     for p in recorded:
         if p.step > before_final:
             epochs[p.step - before_final][p.key] = p.value
-    best: tuple[int, dict[str, float]] | None = None
-    for epoch, values in sorted(epochs.items()):
-        if metric not in values:
-            continue
-        if best is None or _better(values[metric], best[1][metric], metric):
-            best = (epoch, values)
-    if best is None:
+    scored = [
+        (v["val_accuracy"], -v.get("val_nll", 0.0), -epoch, epoch, v)
+        for epoch, v in epochs.items()
+        if "val_accuracy" in v
+    ]
+    if not scored:
         return None, None, None
-    epoch, values = best
+    *_, epoch, values = max(scored, key=lambda s: s[:3])
     return values.get("val_accuracy"), values.get("val_nll"), epoch
-
-
-def _better(value: float, than: float, metric: SweepMetric) -> bool:
-    return value > than if metric == "val_accuracy" else value < than
 
 
 def _rank(metric: SweepMetric) -> Callable[[SweepPoint], tuple[bool, float]]:

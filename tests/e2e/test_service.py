@@ -255,6 +255,11 @@ def test_a_sweep_runs_every_point_ranks_them_and_its_kd_points_share_one_cache_e
         series = alice.job_metrics(point["job_id"])["val_accuracy"]
         assert len(series) == 2
         assert point["val_accuracy"] == max(p["value"] for p in series)
+        # ... is the epoch its job exported: the downloaded student is the best epoch's.
+        report = alice.job_report(point["job_id"])
+        assert report["exported"]["epoch"] == point["best_epoch"]
+        assert report["exported"]["val_accuracy"] == pytest.approx(point["val_accuracy"])
+        assert alice.get_job(point["job_id"])["metrics"]["exported_epoch"] == point["best_epoch"]
 
     paths = alice.download_sweep(sweep["id"], tmp_path / "best")
     assert {p.name for p in paths} >= ARTIFACTS
