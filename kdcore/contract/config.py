@@ -63,16 +63,37 @@ for pad-and-crop plus flip on 32×32 images there are only ``(2p+1)²·2`` = 162
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, model_validator
 
 from kdcore.contract.errors import parse_json_model
 
 StageName = Literal["scratch", "hint", "kd"]
 AUTO = "auto"
 Auto = Literal["auto"]
+
+
+def _number_or_auto(low: float, high: float, *, open_low: bool) -> tuple[Any, Any]:
+    """A bounded number or ``"auto"``, checked as one type: one error that names both
+    forms, where a plain union would report each member's failure separately."""
+    op = ">" if open_low else ">="
+
+    def check(value: Any) -> float | str:
+        if value == AUTO:
+            return AUTO
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = ok and math.isfinite(value) and (value > low if open_low else value >= low)
+        if not ok or value > high:
+            raise ValueError(f'must be a number {op} {low:g} and <= {high:g}, or "auto"')
+        return float(value)
+
+    bound = "exclusiveMinimum" if open_low else "minimum"
+    schema = {"anyOf": [{"type": "number", bound: low, "maximum": high}, {"const": AUTO}]}
+    return PlainValidator(check), WithJsonSchema(schema)
+
 
 # The largest teacher-cache entry a run uses: it holds the entry in memory on the training
 # device, so this is a memory budget. Logits (N·K·C·2 bytes, float16) over it are stored as
@@ -134,8 +155,8 @@ class DistillConfig(BaseModel):
     schedule: Literal["cosine", "multistep", "constant"] = "cosine"
     milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
     gamma: float = Field(default=0.1, gt=0, le=1)
-    temperature: Annotated[float, Field(gt=0, le=1000)] | Auto = 4.0
-    alpha: Annotated[float, Field(ge=0, le=1)] | Auto = 0.1
+    temperature: Annotated[float | Auto, *_number_or_auto(0, 1000, open_low=True)] = 4.0
+    alpha: Annotated[float | Auto, *_number_or_auto(0, 1, open_low=False)] = 0.1
     hint: HintConfig | None = None
     checkpoint: Literal["best", "last"] = "best"
     patience: int | None = Field(default=None, gt=0, le=10_000)

@@ -46,6 +46,8 @@ def explain_errors(
             )
         elif kind == "extra_forbidden":
             msg = "unknown field; remove it or check its spelling"
+        elif kind == "value_error":  # our validators' own words, without pydantic's label
+            msg = msg.removeprefix("Value error, ")
         out.append({"loc": [*prefix, *err.get("loc", ())], "msg": msg, "type": kind})
     return out
 

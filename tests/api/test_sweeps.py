@@ -165,7 +165,7 @@ def test_scratch_adds_a_scratch_point_per_seed(
 
 BAD_GRIDS = [
     # (id, base config changes, grid, other body fields, where, what the detail says)
-    ("alpha over 1", {}, {"alpha": [0.5, 1.5]}, {}, ["grid", "alpha", 1], "less than or equal"),
+    ("alpha over 1", {}, {"alpha": [0.5, 1.5]}, {}, ["grid", "alpha", 1], "<= 1"),
     ("lr zero", {}, {"lr": [0]}, {}, ["grid", "lr", 0], "greater than 0"),
     ("temperature empty", {}, {"temperature": []}, {}, ["grid", "temperature"], "at least 1 item"),
     ("twice", {}, {"temperature": [2, 2.0]}, {}, ["grid", "temperature"], "listed twice"),
