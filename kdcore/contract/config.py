@@ -63,7 +63,6 @@ for pad-and-crop plus flip on 32×32 images there are only ``(2p+1)²·2`` = 162
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -84,9 +83,10 @@ def _number_or_auto(low: float, high: float, *, open_low: bool) -> tuple[Any, An
     def check(value: Any) -> float | str:
         if value == AUTO:
             return AUTO
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        ok = ok and math.isfinite(value) and (value > low if open_low else value >= low)
-        if not ok or value > high:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        # Compared as given: a huge int never goes through float() (OverflowError), NaN
+        # fails every comparison.
+        if not (number and (value > low if open_low else value >= low) and value <= high):
             raise ValueError(f'must be a number {op} {low:g} and <= {high:g}, or "auto"')
         return float(value)
 
@@ -157,7 +157,11 @@ class DistillConfig(BaseModel):
     gamma: float = Field(default=0.1, gt=0, le=1)
     temperature: Annotated[float | Auto, *_number_or_auto(0, 1000, open_low=True)] = 4.0
     alpha: Annotated[float | Auto, *_number_or_auto(0, 1, open_low=False)] = 0.1
-    hint: HintConfig | None = None
+    hint: HintConfig | None = Field(
+        default=None,
+        description='fitnet only: the layer pair; "auto" (or left out) is short for {}: '
+        "both layers chosen from the layer shapes",
+    )
     checkpoint: Literal["best", "last"] = "best"
     patience: int | None = Field(default=None, gt=0, le=10_000)
     baseline: bool = False
