@@ -159,7 +159,12 @@ def _public(
     for index, entry in enumerate(sweep.points):
         job = jobs[uuid.UUID(entry["job_id"])]
         config = DistillConfig.model_validate(job.config)
-        acc, nll, epoch = _best_epoch(series[job.id], epochs_before_stage(config)[-1])
+        exported = (job.metrics or {}).get("exported_epoch")
+        acc, nll, epoch = _best_epoch(
+            series[job.id],
+            epochs_before_stage(config)[-1],
+            int(exported) if isinstance(exported, int | float) else None,
+        )
         error = (
             JobError(code=job.error_code, message=job.error_message or "")
             if job.error_code
@@ -198,16 +203,20 @@ def _public(
 
 
 def _best_epoch(
-    recorded: Sequence[MetricPoint], before_final: int
+    recorded: Sequence[MetricPoint], before_final: int, exported: int | None
 ) -> tuple[float | None, float | None, int | None]:
-    """``(val_accuracy, val_nll, epoch)`` of the final stage's best epoch, by the engine's
-    rule for the epoch it exports (``checkpoint: "best"``): the highest validation accuracy,
-    then the lower validation NLL, then the earlier epoch. The sweep's metric ranks points
-    by this epoch's value, so a point's figures are always those of its student."""
+    """``(val_accuracy, val_nll, epoch)`` of the final stage's epoch the job exported (its
+    ``exported_epoch`` metric, once it succeeded: the engine's choice, see
+    ``kdcore.train.checkpoint.RunState.keep_export``), or while it runs of its best epoch
+    so far (the highest validation accuracy, then the lower NLL, then the earlier epoch).
+    So a finished point's figures are those of the student it exports."""
     epochs: dict[int, dict[str, float]] = defaultdict(dict)
     for p in recorded:
         if p.step > before_final:
             epochs[p.step - before_final][p.key] = p.value
+    if exported is not None and "val_accuracy" in epochs.get(exported, {}):
+        values = epochs[exported]
+        return values["val_accuracy"], values.get("val_nll"), exported
     scored = [
         (v["val_accuracy"], -v.get("val_nll", 0.0), -epoch, epoch, v)
         for epoch, v in epochs.items()

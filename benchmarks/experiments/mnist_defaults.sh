@@ -6,6 +6,7 @@
 # the default val_split holds out 10% to choose the exported epoch; 2,000 to test on).
 #
 # Usage (from the repository root): benchmarks/experiments/mnist_defaults.sh OUT [SEEDS...]
+# EXTRA='"weight_decay": 0' adds fields to the students' configs (for investigations).
 set -euo pipefail
 OUT=${1:?usage: $0 OUT [SEEDS...]}
 shift
@@ -22,7 +23,7 @@ echo '{"method":"scratch","epochs":30}' > "$OUT/teacher-config.json"
     $K train --arch "$OUT/teacher.json" $D --config "$OUT/teacher-config.json" --out "$OUT/teacher"
 for s in $SEEDS; do
     for m in scratch kd; do
-        echo "{\"method\":\"$m\",\"seed\":$s}" > "$OUT/$m-$s.json"
+        echo "{\"method\":\"$m\",\"seed\":$s${EXTRA:+,$EXTRA}}" > "$OUT/$m-$s.json"
         [ -f "$OUT/$m-$s/report.json" ] && continue
         if [ $m = scratch ]; then
             $K train --arch "$OUT/student.json" $D --config "$OUT/$m-$s.json" --out "$OUT/$m-$s"

@@ -10,6 +10,7 @@ resume, so the two always agree.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,9 +38,11 @@ class RunState:
     epoch: int = 0  # epochs completed in the current stage
     history: list[dict[str, Any]] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    # The final stage's best epoch by validation (accuracy, then lower NLL) and its weights.
+    # The final stage's best epoch by validation (accuracy, then lower NLL), for patience;
+    # the epoch to export (see keep_export) and its weights.
     best: dict[str, Any] = field(default_factory=dict)
-    best_weights: dict[str, torch.Tensor] | None = None
+    export: dict[str, Any] = field(default_factory=dict)
+    export_weights: dict[str, torch.Tensor] | None = None
     stopped_early: bool = False  # the final stage ran out of patience
 
     def finished(self, index: int, epochs: int) -> bool:
@@ -61,14 +64,34 @@ class RunState:
         old = (self.best["val_accuracy"], -self.best.get("val_nll", 0.0))
         return new > old
 
-    def keep_best(self, row: dict[str, Any], student: nn.Module) -> None:
-        self.best = {k: row[k] for k in ("stage", "epoch", "val_accuracy", "val_nll") if k in row}
-        self.best_weights = {k: v.detach().cpu().clone() for k, v in student.state_dict().items()}
+    def keep_export(self, row: dict[str, Any], student: nn.Module, val_samples: int) -> None:
+        """Record an epoch of the final stage: it becomes the best if it beats it, and the
+        epoch to export if its validation accuracy is within one standard error of the best
+        so far (:func:`standard_error`). So the export is the *latest* epoch that the
+        validation data cannot tell from the best: an earlier epoch is exported only when
+        it was better by more than the noise of the validation set (a noisy validation set
+        would otherwise pick a half-trained epoch that was lucky on it)."""
+        fields: dict[str, Any] = {
+            k: row[k] for k in ("stage", "epoch", "val_accuracy", "val_nll") if k in row
+        }
+        if self.improves(row):
+            self.best = fields
+        best = self.best["val_accuracy"]
+        if row["val_accuracy"] >= best - standard_error(best, val_samples):
+            self.export = fields
+            self.export_weights = {
+                k: v.detach().cpu().clone() for k, v in student.state_dict().items()
+            }
 
     def epochs_since_best(self, stage: str, epoch: int) -> int:
         if self.best.get("stage") != stage:
             return epoch
         return epoch - int(self.best["epoch"])
+
+
+def standard_error(accuracy: float, samples: int) -> float:
+    """The standard error of an accuracy measured on ``samples`` samples (binomial)."""
+    return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / max(samples, 1))
 
 
 def start_or_resume(
@@ -92,7 +115,8 @@ def start_or_resume(
         history=list(saved["history"]),
         stage_seconds=dict(saved["stage_seconds"]),
         best=dict(saved["best"]),
-        best_weights=saved.get("best_student"),
+        export=dict(saved.get("export", {})),
+        export_weights=saved.get("export_student"),
         stopped_early=bool(saved.get("stopped_early", False)),
     )
     if metrics.exists():  # drop rows written after the checkpoint
@@ -143,7 +167,8 @@ def save_checkpoint(
         "history": state.history,
         "stage_seconds": state.stage_seconds,
         "best": state.best,
-        "best_student": state.best_weights,
+        "export": state.export,
+        "export_student": state.export_weights,
         "stopped_early": state.stopped_early,
     }
     with atomic_write(out_dir / CHECKPOINT_NAME) as tmp:

@@ -233,8 +233,9 @@ def train(
 
 
 def _choose_export(config: DistillConfig, state: RunState, student: nn.Module) -> dict[str, Any]:
-    """Load the weights to export into ``student`` (the best epoch's, by default) and say
-    which epoch they are from and why."""
+    """Load the weights to export into ``student`` and say which epoch they are from and
+    why: with ``checkpoint: "best"``, the latest epoch within one standard error of the best
+    validation accuracy (:meth:`RunState.keep_export`); else the last."""
     last = state.history[-1] if state.history else {}
     info: dict[str, Any] = {
         "stage": last.get("stage"),
@@ -245,17 +246,30 @@ def _choose_export(config: DistillConfig, state: RunState, student: nn.Module) -
     }
     if config.checkpoint == "last":
         return {**info, "reason": 'checkpoint "last": the last epoch'}
-    if state.best_weights is None:
+    if state.export_weights is None:
         return {**info, "reason": "no validation data to choose by: the last epoch"}
-    student.load_state_dict(state.best_weights)
-    best = state.best
-    reason = (
-        f"the best validation accuracy ({best['val_accuracy']:.4f}) of the "
-        f"{last.get('epoch')} epochs of stage {best['stage']!r}"
-    )
+    student.load_state_dict(state.export_weights)
+    chosen, best = state.export, state.best
+    if chosen["epoch"] == best["epoch"]:
+        reason = (
+            f"the best validation accuracy ({best['val_accuracy']:.4f}) of the "
+            f"{last.get('epoch')} epochs of stage {best['stage']!r}"
+        )
+    else:
+        reason = (
+            f"the latest epoch within one standard error of the best validation accuracy "
+            f"({best['val_accuracy']:.4f}, epoch {best['epoch']}): the validation data "
+            "cannot tell them apart, and the later epoch is the more trained"
+        )
     if state.stopped_early:
         reason += f"; stopped early after {config.patience} epochs without a better one"
-    return {**info, "epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "reason": reason}
+    return {
+        **info,
+        "epoch": chosen["epoch"],
+        "val_accuracy": chosen["val_accuracy"],
+        "best_epoch": best["epoch"],
+        "reason": reason,
+    }
 
 
 def _place_teacher(teacher: nn.Module, runtime: Runtime) -> nn.Module:
@@ -349,8 +363,8 @@ class _Driver:
         row = {"stage": stage.name, "epoch": epoch, "samples_per_s": rate, **metrics}
         state.record(row)
         if index == self._final and "val_accuracy" in row:
-            if state.improves(row):
-                state.keep_best(row, self.ctx.student)
+            assert self.val_data is not None  # val_accuracy comes from it
+            state.keep_export(row, self.ctx.student, len(self.val_data))
             patience = self.ctx.config.patience
             if patience is not None and state.epochs_since_best(stage.name, epoch) >= patience:
                 state.stopped_early = epoch < self.plan[index].epochs

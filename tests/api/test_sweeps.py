@@ -399,6 +399,23 @@ def test_cancel_stops_every_point_not_final_then_409(
 # -- leaderboard and the best student ---------------------------------------------------------
 
 
+def test_a_finished_points_figures_are_those_of_the_epoch_its_job_exported(
+    client: TestClient, alice: Tenancy, ready: dict[str, str], sessions: sessionmaker[Session]
+) -> None:
+    sweep = _submit(client, alice, base=_base(ready), grid={"temperature": [2, 4]}).json()
+    first, second = (uuid.UUID(p["job_id"]) for p in sweep["points"])
+    epochs = [{"val_accuracy": 0.81, "val_nll": 0.6}, {"val_accuracy": 0.80, "val_nll": 0.4}]
+    for job in (first, second):
+        _run(sessions, job, epochs)
+    # The engine exported epoch 2 of the first (within the noise of epoch 1's accuracy);
+    # the second reports no export (an older worker): its best epoch stands in.
+    _finish(sessions, first, JobStatus.succeeded, metrics={"exported_epoch": 2})
+    _finish(sessions, second, JobStatus.succeeded)
+
+    points = client.get(f"/v1/sweeps/{sweep['id']}", headers=alice.headers).json()["points"]
+    assert [(p["best_epoch"], p["val_accuracy"]) for p in points] == [(2, 0.80), (1, 0.81)]
+
+
 @pytest.mark.parametrize(
     ("metric", "order", "second"),
     [
@@ -519,6 +536,7 @@ def _finish(
     job_id: uuid.UUID,
     end: JobStatus,
     store: LocalStore | None = None,
+    metrics: dict[str, Any] | None = None,
 ) -> None:
     with sessions() as s, s.begin():
         runs = RunRepository(s)
@@ -529,7 +547,9 @@ def _finish(
                 w.write(f"weights of {job_id}".encode())
                 obj = w.commit()
                 artifacts.append(NewArtifact("student.safetensors", obj.uri, obj.size, obj.sha256))
-            assert runs.succeed(job_id, lease="l", now=utcnow(), artifacts=artifacts, metrics={})
+            assert runs.succeed(
+                job_id, lease="l", now=utcnow(), artifacts=artifacts, metrics=metrics or {}
+            )
         else:
             code = "diverged" if end == JobStatus.failed else "canceled"
             assert runs.finish(job_id, lease="l", status=end, now=utcnow(), error_code=code)

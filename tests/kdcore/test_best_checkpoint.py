@@ -1,15 +1,18 @@
 """The exported student is the best validation epoch's (``checkpoint: "best"``, the
-default), with optional ``patience``; resume keeps the best weights."""
+default: the latest epoch within one standard error of the best), with optional
+``patience``; resume keeps the exported weights."""
 
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
 from kdcore.contract import DistillConfig
 from kdcore.evaluate import predict, score
 from kdcore.train import Canceled, Progress, TrainResult, train
+from kdcore.train.checkpoint import RunState, standard_error
 from tests.kdcore.factories import cnn, config, image_data
 
 # A constant, too-large learning rate: on this data and seed the first epoch is the best
@@ -98,3 +101,19 @@ def test_a_resumed_run_exports_the_same_best_weights(tmp_path: Path, stop_after:
         full.student.state_dict().values(), resumed.student.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b)
+
+
+def test_an_epoch_within_the_noise_of_the_best_replaces_it_a_clearly_worse_one_does_not() -> None:
+    state = RunState()
+    student = nn.Linear(2, 2)
+    # 100 validation samples: the standard error at 0.95 is 0.0218.
+    assert standard_error(0.95, 100) == pytest.approx(0.02179, abs=1e-5)
+    for epoch, acc in enumerate([0.90, 0.95, 0.94, 0.935, 0.90], start=1):
+        with torch.no_grad():
+            student.weight.fill_(epoch)  # the weights say which epoch they are from
+        state.keep_export({"stage": "kd", "epoch": epoch, "val_accuracy": acc}, student, 100)
+
+    assert state.best["epoch"] == 2
+    assert state.export["epoch"] == 4  # 0.935 ≥ 0.95 − 0.0218; epoch 5's 0.90 is not
+    assert state.export_weights is not None
+    assert float(state.export_weights["weight"][0, 0]) == 4.0
