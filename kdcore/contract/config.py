@@ -145,7 +145,7 @@ class DistillConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     method: Literal["scratch", "kd", "fitnet"]
-    epochs: int = Field(default=30, gt=0, le=10_000)
+    epochs: int = Field(default=10, gt=0, le=10_000)
     batch_size: int = Field(default=128, gt=0, le=65_536)
     optimizer: Literal["sgd", "adam", "adamw", "rmsprop"] = "sgd"
     lr: float = Field(default=0.05, gt=0, le=10)
