@@ -164,7 +164,7 @@ def test_download_writes_the_best_points_artifacts_and_prints_its_report(
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == files
     assert f"best point 1 (seed=2): job {jobs[1]}" in result.stderr
     assert "still running: this is the best point so far" in result.stderr
-    assert "report (scratch, 100 eval samples)" in result.stdout
+    assert "report (scratch, 100 validation samples)" in result.stdout
     table = runner.invoke(app, ["sweeps", "list"])
     assert table.exit_code == 0, table.output
     assert sweep_id in table.stdout
