@@ -16,6 +16,10 @@ service's usually are, did better with the hint at the first block: on CIFAR-10 
 ``examples/cifar10`` pair, docs/results.md) a middle hint left FitNets 4.3 points under KD,
 and a first-block hint put it 0.5 above. A middle hint pins the student's middle layer to
 a wider network's features.
+
+The limit: models that keep the full resolution almost to the end get a late hint (on the
+8×8 digits example, the last convolution before pooling), which pins most of the student to
+the teacher; give such models' layers explicitly.
 """
 
 from __future__ import annotations
