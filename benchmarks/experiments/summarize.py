@@ -63,8 +63,9 @@ def main() -> None:
         rows.append((label, _reports(args.root, pattern)))
     # The teacher's report is a scratch job: its model is under "student".
     print(table(rows, teacher))
-    split = teacher["data"].get("eval_split", "validation")
-    n = teacher["data"]["eval_samples"]
+    # The students' reports say what they were scored on (the teacher's may predate it).
+    split = rows[0][1][0]["data"].get("eval_split", "validation")
+    n = rows[0][1][0]["data"]["eval_samples"]
     print(f"\n(accuracy on {n} {split} images; seeds: {len(rows[0][1])} per row)")
     base = rows[0][1]
     for label, reports in rows[1:]:
