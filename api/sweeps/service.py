@@ -17,7 +17,7 @@ from api.jobs import service as jobs_service
 from api.jobs.schemas import JobCreate, JobError
 from api.kit.deps import defer_task
 from api.kit.errors import Conflict, Invalid, NotFound, TooManyRequests
-from kdcore.contract import DistillConfig, epochs_before_stage
+from kdcore.contract import DistillConfig, epoch_rank, epochs_before_stage
 from store.models import Job, JobStatus, MetricPoint, Sweep, Tenant
 from store.queue import RUN_JOB
 from store.repositories.jobs import JobRepository
@@ -217,15 +217,11 @@ def _best_epoch(
     if exported is not None and "val_accuracy" in epochs.get(exported, {}):
         values = epochs[exported]
         return values["val_accuracy"], values.get("val_nll"), exported
-    scored = [
-        (v["val_accuracy"], -v.get("val_nll", 0.0), -epoch, epoch, v)
-        for epoch, v in epochs.items()
-        if "val_accuracy" in v
-    ]
+    scored = [epoch for epoch, v in epochs.items() if "val_accuracy" in v]
     if not scored:
         return None, None, None
-    *_, epoch, values = max(scored, key=lambda s: s[:3])
-    return values.get("val_accuracy"), values.get("val_nll"), epoch
+    epoch = max(scored, key=lambda e: (*epoch_rank(epochs[e]), -e))  # ties: the earlier
+    return epochs[epoch]["val_accuracy"], epochs[epoch].get("val_nll"), epoch
 
 
 def _rank(metric: SweepMetric) -> Callable[[SweepPoint], tuple[bool, float]]:

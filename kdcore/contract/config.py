@@ -224,6 +224,12 @@ class DistillConfig(BaseModel):
         return t, a
 
 
+def epoch_rank(metrics: dict[str, Any]) -> tuple[float, float]:
+    """How two validation epochs compare (higher is better): accuracy, then the lower NLL.
+    The one order of the engine's exported epoch and of a sweep's running points."""
+    return metrics["val_accuracy"], -metrics.get("val_nll", 0.0)
+
+
 def parse_config(data: str | bytes | dict[str, object]) -> DistillConfig:
     """Parse a config from JSON text or a dict (the CLI's files).
 

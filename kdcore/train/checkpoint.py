@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdcore.contract import Spec
+from kdcore.contract import Spec, epoch_rank
 from kdcore.data import Dataset
 from kdcore.files import atomic_write
 from kdcore.train.stages import Context, Stage
@@ -58,11 +58,7 @@ class RunState:
     def improves(self, row: dict[str, Any]) -> bool:
         """Whether ``row`` (an epoch with ``val_accuracy``) beats the best epoch so far:
         higher accuracy, or the same accuracy with a lower validation NLL."""
-        if not self.best:
-            return True
-        new = (row["val_accuracy"], -row.get("val_nll", 0.0))
-        old = (self.best["val_accuracy"], -self.best.get("val_nll", 0.0))
-        return new > old
+        return not self.best or epoch_rank(row) > epoch_rank(self.best)
 
     def keep_export(self, row: dict[str, Any], student: nn.Module, val_samples: int) -> None:
         """Record an epoch of the final stage: it becomes the best if it beats it, and the
