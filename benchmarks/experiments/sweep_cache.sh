@@ -7,13 +7,24 @@
 # Two epochs keep the pair affordable on two cores; the cache's saving per point does not
 # depend on the epoch count while it stays at most teacher_views (16).
 #
-# Usage (from the repository root): benchmarks/experiments/sweep_cache.sh OUT PROOF_OUT
-#   PROOF_OUT is cifar10_proof.sh's OUT: its teacher/, teacher-arch.json and student.json
+# The teacher is cifar10_proof.sh's WRN-16-2 and student its ResNet-8. A sweep's wall time
+# depends on their shapes, not on how well the teacher was trained, so without PROOF_OUT the
+# script trains the same WRN-16-2 for one epoch to have weights to time.
+#
+# Usage (from the repository root): benchmarks/experiments/sweep_cache.sh OUT [PROOF_OUT]
+#   PROOF_OUT is cifar10_proof.sh's OUT (its teacher/, teacher-arch.json and student.json).
 set -euo pipefail
-OUT=${1:?usage: $0 OUT PROOF_OUT}
-PROOF=${2:?usage: $0 OUT PROOF_OUT}
+OUT=${1:?usage: $0 OUT [PROOF_OUT]}
+PROOF=${2:-$OUT/proof}
 TRAIN=../shared/data/cifar10/cifar10-train.tar.gz
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$PROOF"
+if [ ! -f "$PROOF/teacher/student.safetensors" ]; then
+    echo '{"family":"wrn","depth":16,"width":2}' > "$PROOF/teacher-arch.json"
+    echo '{"family":"resnet","depth":8}' > "$PROOF/student.json"
+    echo '{"method":"scratch","epochs":1,"augment":"crop_flip","val_split":0,"checkpoint":"last"}' > "$PROOF/teacher.json"
+    .venv/bin/kdserve train --arch "$PROOF/teacher-arch.json" --data $TRAIN \
+        --config "$PROOF/teacher.json" --out "$PROOF/teacher" --formats safetensors
+fi
 echo '{"method":"kd","epochs":2,"augment":"crop_flip","seed":0}' > "$OUT/base.json"
 echo '{"temperature":[2,4,8],"alpha":[0.1,0.5]}' > "$OUT/grid.json"
 for mode in cache no-cache; do
