@@ -125,6 +125,22 @@ class ApiKey(Timestamps, Base):
     tenant: Mapped[Tenant] = relationship(lazy="raise")
 
 
+class UploadSlot(Base):
+    """An upload in progress: taken under the tenant's row lock before the body is read, so
+    the tenant's concurrent uploads are counted atomically; deleted when the upload ends.
+    ``expires_at`` is pushed forward while bytes arrive; a slot past it (its API process was
+    killed) no longer counts."""
+
+    __tablename__ = "upload_slots"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    expires_at: Mapped[datetime] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Blob(Base):
     """An object in storage, owned by a tenant; uploads are deduplicated by sha256."""
 

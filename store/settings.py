@@ -63,6 +63,15 @@ class Settings(BaseSettings):
     # Queued and running points of all a tenant's sweeps together; one sweep's grid too.
     max_sweep_points_per_tenant: int = Field(default=64, ge=1)
     max_stored_bytes_per_tenant: int = Field(default=50 * 1024 * MiB, gt=0)
+    # Request bodies other than uploads (JSON), refused with 413 past it.
+    max_json_body_bytes: int = Field(default=1 * MiB, gt=0)
+    # Uploads of one tenant streaming at once; teachers and datasets of one tenant waiting
+    # for (or in) validation, uploads in progress included. Past either: 429.
+    max_concurrent_uploads_per_tenant: int = Field(default=4, ge=1)
+    max_validating_uploads_per_tenant: int = Field(default=16, ge=1)
+    # A request body that sends nothing for this long is cut off (408), so a stalled client
+    # holds its connection for a bounded time.
+    request_body_idle_timeout_s: float = Field(default=60.0, gt=0)
     allow_code_checkpoints: bool = False
 
     # -- the teacher cache (kdcore.cache; entries in storage, listed in cache_entries) -----

@@ -40,7 +40,7 @@ def _job(session: SessionDep, tenant: Tenant, job_id: str) -> tuple[JobRepositor
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobPublic,
-    responses=problems(401, 409, 422, 429),
+    responses=problems(401, 409, 413, 422, 429),
 )
 def submit_job(
     body: JobCreate,

@@ -23,9 +23,10 @@ from kdcore.contract import (
     resolve_hint,
 )
 from store.models import AssetStatus, DatasetRecord, Job, Teacher, Tenant
-from store.queue import RUN_JOB
+from store.queue import RUN_JOB, fair_priority
 from store.repositories.catalog import DatasetRepository, TeacherRepository
 from store.repositories.jobs import JobRepository
+from store.repositories.limits import lock_tenant, pending_jobs
 from store.settings import Settings
 
 from .schemas import JobCreate, JobError, JobPublic
@@ -64,6 +65,11 @@ def submit(
         if existing is not None:
             return existing, False
     checked = check(session, tenant=tenant, body=body)
+    # Count and insert under the tenant's row lock: concurrent submissions take turns, so
+    # none gets past the limit (store.repositories.limits).
+    tenant = lock_tenant(session, tenant.id)
+    if idempotency_key and (existing := jobs.by_idempotency_key(idempotency_key)):
+        return existing, False  # the same key committed while this request waited
     limit = tenant.max_running_jobs or settings.max_running_jobs_per_tenant
     if jobs.active_count() >= limit:
         raise TooManyRequests(
@@ -72,6 +78,7 @@ def submit(
             headers={"Retry-After": "60"},
         )
 
+    rank = pending_jobs(session, tenant.id)  # behind the tenant's own queued and running jobs
     job = new_job(tenant, checked, name=body.name or "", idempotency_key=idempotency_key)
     try:
         with session.begin_nested():
@@ -81,7 +88,7 @@ def submit(
         if existing is None:
             raise
         return existing, False
-    defer_task(session, RUN_JOB, [str(job.id)], queue=settings.queue)
+    defer_task(session, RUN_JOB, [str(job.id)], queue=settings.queue, priority=fair_priority(rank))
     return job, True
 
 

@@ -36,7 +36,7 @@ def _public(session: SessionDep, tenant: Tenant, sweep: Sweep) -> SweepPublic:
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=SweepPublic,
-    responses=problems(401, 409, 422, 429),
+    responses=problems(401, 409, 413, 422, 429),
 )
 def submit_sweep(
     body: SweepCreate,

@@ -19,8 +19,9 @@ from api.kit.deps import defer_task
 from api.kit.errors import Conflict, Invalid, NotFound, TooManyRequests
 from kdcore.contract import DistillConfig, epoch_rank, epochs_before_stage
 from store.models import Job, JobStatus, MetricPoint, Sweep, Tenant
-from store.queue import RUN_JOB
+from store.queue import RUN_JOB, fair_priority
 from store.repositories.jobs import JobRepository
+from store.repositories.limits import lock_tenant, pending_jobs
 from store.repositories.sweeps import SweepRepository
 from store.settings import Settings
 
@@ -65,6 +66,10 @@ def submit(
         jobs_service.check(session, tenant=tenant, body=_job_request(base, p), at=_located(p))
         for p in points
     ]
+    # Count and insert under the tenant's row lock (store.repositories.limits).
+    lock_tenant(session, tenant.id)
+    if idempotency_key and (existing := sweeps.by_idempotency_key(idempotency_key)):
+        return existing, False  # the same key committed while this request waited
     active = JobRepository(session, tenant.id).active_count(in_sweeps=True)
     if active + len(points) > limit:
         raise TooManyRequests(
@@ -74,6 +79,7 @@ def submit(
             headers={"Retry-After": "60"},
         )
 
+    rank = pending_jobs(session, tenant.id)  # points queue behind the tenant's own jobs
     sweep_id = uuid.uuid4()
     name = body.name or base.name or ""
     jobs = [
@@ -102,8 +108,9 @@ def submit(
         if existing is None:
             raise
         return existing, False
-    for job in jobs:
-        defer_task(session, RUN_JOB, [str(job.id)], queue=settings.queue)
+    for i, job in enumerate(jobs):
+        priority = fair_priority(rank + i)
+        defer_task(session, RUN_JOB, [str(job.id)], queue=settings.queue, priority=priority)
     return sweep, True
 
 

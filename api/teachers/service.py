@@ -16,6 +16,7 @@ from store.models import JobStatus, Teacher, Tenant
 from store.queue import VALIDATE_TEACHER
 from store.repositories.catalog import DatasetRepository, TeacherRepository, find_or_add_blob
 from store.repositories.jobs import JobRepository
+from store.settings import Settings
 
 from .schemas import TeacherList, TeacherPublic
 
@@ -40,9 +41,10 @@ catalog = Catalog(
 
 def create_from_upload(
     session: Session,
-    store: BlobStore,
-    *,
     tenant: Tenant,
+    *,
+    store: BlobStore,
+    settings: Settings,
     obj: StoredObject,
     arch: dict[str, Any] | None,
     input_shape: list[int],
@@ -58,11 +60,11 @@ def create_from_upload(
         input_shape=input_shape,
         num_classes=num_classes,
     )
-    return catalog.add(session, row, record_blob(session, store, tenant, obj))
+    return catalog.add(session, settings, row, record_blob(session, store, tenant, obj))
 
 
 def create_from_job(
-    session: Session, *, tenant: Tenant, job_id: uuid.UUID, name: str | None
+    session: Session, *, settings: Settings, tenant: Tenant, job_id: uuid.UUID, name: str | None
 ) -> Teacher:
     jobs = JobRepository(session, tenant.id)
     job = jobs.get(job_id)
@@ -86,4 +88,4 @@ def create_from_job(
         num_classes=len(dataset.classes or []),
         source_job_id=job.id,
     )
-    return catalog.add(session, row, blob)
+    return catalog.add(session, settings, row, blob)
