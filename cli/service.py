@@ -357,6 +357,8 @@ def up(
         "KDSERVE_API_HOST": host,
         "KDSERVE_API_PORT": str(port),
     }
+    # The API refuses jobs that ask for a GPU this machine's worker does not have.
+    env.setdefault("KDSERVE_CUDA_WORKERS", str(cuda_available()).lower())
     api_argv = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory"]
     api_argv += ["--timeout-keep-alive", "30"]  # as `kdserve api`: outlast the client's 2 s
     commands = {
@@ -371,6 +373,19 @@ def up(
         on_ready=lambda: _print_ready(url, key, key_file),
     )
     raise typer.Exit(code)
+
+
+def cuda_available(timeout: float = 120.0) -> bool:
+    """Whether torch sees a CUDA device here, asked in a child process (this one stays
+    torch-free); True when the child cannot tell, so that nothing is refused by mistake."""
+    probe = "import torch; print(torch.cuda.is_available())"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=timeout
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return True
+    return done.stdout.strip() != "False"
 
 
 def _first_key(settings: Settings) -> tuple[str | None, Path]:

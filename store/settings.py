@@ -74,6 +74,20 @@ class Settings(BaseSettings):
     request_body_idle_timeout_s: float = Field(default=60.0, gt=0)
     allow_code_checkpoints: bool = False
 
+    # -- what one job may cost, checked at submission (kdcore.contract.cost) ---------------
+    # Trainable parameters of the student, and of the teacher (as its validation counted).
+    max_job_params: int = Field(default=1_000_000_000, gt=0)
+    # Multiply-accumulates of one sample's forward pass, of the student and of the teacher.
+    max_job_macs: int = Field(default=100_000_000_000, gt=0)
+    # The student's activations for one training batch, as float32 (batch_size × the sum of
+    # its layers' output sizes).
+    max_job_activation_bytes: int = Field(default=64 * 1024 * MiB, gt=0)
+    # Training samples × epochs, over every stage (and the baseline run).
+    max_job_sample_epochs: int = Field(default=1_000_000_000, gt=0)
+    # Whether the workers of `queue` have a CUDA device; false: jobs that ask for device
+    # "cuda" are refused at submission instead of failing on a worker.
+    cuda_workers: bool = True
+
     # -- the teacher cache (kdcore.cache; entries in storage, listed in cache_entries) -----
     teacher_cache: bool = True  # false: jobs run the teacher in the loop, as without a cache
     # Caps on the entries' bytes; an insert that goes over evicts least recently used entries.

@@ -76,6 +76,12 @@ class Invalid(KDServeError):
     status_code, code, title = 422, "invalid", "Invalid request"
 
 
+class OverLimit(Invalid):
+    """A job whose cost (parameters, MACs, memory, samples × epochs) passes a service limit."""
+
+    code, title = "over_limit", "Over a service limit"
+
+
 class TooManyRequests(KDServeError):
     status_code, code, title = 429, "limit_reached", "Limit reached"
 

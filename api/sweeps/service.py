@@ -63,7 +63,9 @@ def submit(
         )
     points = grid.expand(body.grid, base.config, scratch=body.scratch)
     checked = [
-        jobs_service.check(session, tenant=tenant, body=_job_request(base, p), at=_located(p))
+        jobs_service.check(
+            session, settings=settings, tenant=tenant, body=_job_request(base, p), at=_located(p)
+        )
         for p in points
     ]
     # Count and insert under the tenant's row lock (store.repositories.limits).

@@ -17,7 +17,7 @@ from api.kit.uploads import (
     upload_body,
     upload_slot,
 )
-from kdcore.contract import explain_errors, summarize
+from kdcore.contract import MAX_CLASSES, explain_errors, summarize
 
 from . import service
 from .schemas import TeacherFromJob, TeacherPublic
@@ -30,7 +30,7 @@ _UPLOAD_FIELDS: dict[str, dict[str, Any]] = {
         "description": "architecture spec (JSON); needed for safetensors and state-dict files",
     },
     "input_shape": {"type": "string", "example": "3,32,32"},
-    "num_classes": {"type": "integer", "minimum": 2},
+    "num_classes": {"type": "integer", "minimum": 2, "maximum": MAX_CLASSES},
     "name": {"type": "string"},
 }
 _BODY = upload_body(
@@ -86,12 +86,14 @@ async def create_teacher(
             '{"from_job": ...}',
         )
         fields = incoming.fields
-        arch = service.check_arch(parse_json_object(fields["arch"], "arch"))
+        # Checked before streaming, so a refusal stores nothing.
+        declared = parse_json_object(fields["arch"], "arch")
         input_shape = parse_shape(fields["input_shape"] or "")
-        num_classes = _int(fields["num_classes"], "num_classes")
+        num_classes = _int(fields["num_classes"], "num_classes", low=2, high=MAX_CLASSES)
         name = plain_text(fields["name"] or "", "name")
-        if num_classes < 2:  # before streaming, so a refusal stores nothing
-            raise Invalid("num_classes must be at least 2")
+        arch = service.check_arch(
+            declared, input_shape=input_shape, num_classes=num_classes, settings=services.settings
+        )
         obj = await store_upload(incoming, services=services, tenant=tenant, slot=slot)
         teacher = await record_upload(
             services,
@@ -115,8 +117,12 @@ async def create_teacher(
 service.catalog.add_routes(router, get_doc="One teacher, with its layers once validated.")
 
 
-def _int(value: str | None, field: str) -> int:
+def _int(value: str | None, field: str, *, low: int, high: int) -> int:
+    """An integer in ``[low, high]`` (the columns it reaches are 32-bit)."""
     try:
-        return int(str(value))
-    except ValueError:
-        raise Invalid(f"{field} must be an integer") from None
+        number = int(str(value))
+    except ValueError:  # not a number, or over Python's 4,300 digits
+        number = None
+    if number is None or not low <= number <= high:
+        raise Invalid(f"{field} must be an integer from {low} to {high:,}")
+    return number

@@ -8,9 +8,10 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from api.kit.catalog import Catalog
+from api.kit.cost import check_model
 from api.kit.errors import Conflict, Invalid, NotFound
 from api.kit.uploads import record_blob
-from kdcore.contract import SpecError, parse_arch
+from kdcore.contract import SpecError, model_cost, parse_arch
 from store.blobs import BlobStore, StoredObject
 from store.models import JobStatus, Teacher, Tenant
 from store.queue import VALIDATE_TEACHER
@@ -21,13 +22,38 @@ from store.settings import Settings
 from .schemas import TeacherList, TeacherPublic
 
 
-def check_arch(arch: dict[str, Any] | None) -> dict[str, Any] | None:
+def check_arch(
+    arch: dict[str, Any] | None,
+    *,
+    input_shape: list[int],
+    num_classes: int,
+    settings: Settings,
+) -> dict[str, Any] | None:
+    """The declared architecture, parsed, taking ``input_shape`` to ``num_classes`` logits,
+    and within the service's model limits (a worker would build it to validate the upload).
+
+    Raises:
+        Invalid: naming the problem (:class:`~api.kit.errors.OverLimit`: a limit).
+    """
     if arch is None:
         return None
     try:
-        return parse_arch(arch).model_dump(mode="json")
+        spec = parse_arch(arch)
     except SpecError as exc:
         raise Invalid(str(exc)) from exc
+    try:
+        cost = model_cost(spec, tuple(input_shape), num_classes)
+    except SpecError as exc:
+        raise Invalid(f"arch: {exc}") from exc
+    check_model(
+        settings,
+        field="arch",
+        what="the teacher",
+        params=cost.params,
+        macs=cost.macs,
+        instead="a smaller teacher",
+    )
+    return spec.model_dump(mode="json")
 
 
 catalog = Catalog(

@@ -277,3 +277,10 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) 
             pass
         time.sleep(0.2)
     raise AssertionError(f"{url}/healthz did not answer in {timeout} s")
+
+
+def test_up_tells_the_api_whether_this_machine_has_cuda() -> None:
+    """`kdserve up` sets KDSERVE_CUDA_WORKERS from what torch sees (its worker runs here)."""
+    import torch
+
+    assert service.cuda_available() is torch.cuda.is_available()
