@@ -216,6 +216,8 @@ class Sweep(Timestamps, Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200), default="")
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    # sha256 of the request that used the key (api/kit/idempotency.py); NULL on older rows.
+    request_hash: Mapped[str | None] = mapped_column(String(64))
     base: Mapped[dict[str, Any]] = mapped_column(JSON)  # the job body every point starts from
     grid: Mapped[dict[str, Any]] = mapped_column(JSON)
     metric: Mapped[str] = mapped_column(String(16))
@@ -235,6 +237,7 @@ class Job(Timestamps, Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200), default="")
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))  # as Sweep.request_hash
     teacher_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("teachers.id"))
     dataset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("datasets.id"))
     val_dataset_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("datasets.id"))
@@ -252,6 +255,9 @@ class Job(Timestamps, Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # latest values
     error_code: Mapped[str | None] = mapped_column(String(32))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # What a succeeded job could not do but did not fail for (report.json's "warnings": an
+    # export format left out); NULL on older rows, read as [].
+    warnings: Mapped[list[Any] | None] = mapped_column(JSON)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease: Mapped[str | None] = mapped_column(String(36))  # the running attempt's token
     heartbeat_at: Mapped[datetime | None] = mapped_column()

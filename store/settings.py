@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     sandbox_max_file_mb: int = Field(default=8 * 1024, ge=0)  # largest file it may write
     sandbox_threads: int = Field(default=0, ge=0)  # torch threads in the child; 0: default
     validation_time_limit_s: int = Field(default=900, gt=0)
+    # Entries (files, folders, links: images or not) a dataset archive may hold; each costs a
+    # header to read, so an archive of millions of empty members is refused at validation.
+    dataset_max_members: int = Field(default=1_000_000, ge=1)
 
     # -- API -----------------------------------------------------------------------------
     api_host: str = "127.0.0.1"

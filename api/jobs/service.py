@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from api.kit.cost import check_limit, check_model, size
 from api.kit.deps import defer_task
 from api.kit.errors import Conflict, Invalid, TooManyRequests
+from api.kit.idempotency import check_same_request, request_hash
 from kdcore.contract import (
     DistillConfig,
     Shape,
@@ -61,11 +62,17 @@ def submit(
     body: JobCreate,
     idempotency_key: str | None,
 ) -> tuple[Job, bool]:
-    """Create and queue a job; returns ``(job, created)`` (False: an idempotent retry)."""
+    """Create and queue a job; returns ``(job, created)`` (False: an idempotent retry).
+
+    Raises:
+        IdempotencyKeyReused: the key was used for a different request.
+    """
     jobs = JobRepository(session, tenant.id)
+    sent = request_hash(body)
     if idempotency_key:
         existing = jobs.by_idempotency_key(idempotency_key)
         if existing is not None:
+            check_same_request(idempotency_key, existing.request_hash, sent, what="job")
             return existing, False
     checked = check(session, settings=settings, tenant=tenant, body=body)
     # Count and insert under the tenant's row lock: concurrent submissions take turns, so
@@ -83,6 +90,7 @@ def submit(
 
     rank = pending_jobs(session, tenant.id)  # behind the tenant's own queued and running jobs
     job = new_job(tenant, checked, name=body.name or "", idempotency_key=idempotency_key)
+    job.request_hash = sent if idempotency_key else None
     try:
         with session.begin_nested():
             jobs.add(job)
@@ -90,6 +98,7 @@ def submit(
         existing = jobs.by_idempotency_key(idempotency_key or "")
         if existing is None:
             raise
+        check_same_request(idempotency_key or "", existing.request_hash, sent, what="job")
         return existing, False
     defer_task(session, RUN_JOB, [str(job.id)], queue=settings.queue, priority=fair_priority(rank))
     return job, True
@@ -348,6 +357,7 @@ def to_public(j: Job) -> JobPublic:
         choices=j.choices or {},
         sweep_id=j.sweep_id,
         error=error,
+        warnings=j.warnings or [],
         attempts=j.attempts,
         cancel_requested=j.cancel_requested,
         created_at=j.created_at,

@@ -17,6 +17,7 @@ from api.jobs import service as jobs_service
 from api.jobs.schemas import JobCreate, JobError
 from api.kit.deps import defer_task
 from api.kit.errors import Conflict, Invalid, NotFound, TooManyRequests
+from api.kit.idempotency import check_same_request, request_hash
 from kdcore.contract import DistillConfig, epoch_rank, epochs_before_stage
 from store.models import Job, JobStatus, MetricPoint, Sweep, Tenant
 from store.queue import RUN_JOB, fair_priority
@@ -42,9 +43,11 @@ def submit(
     """Check every point, then create the sweep and one queued job per point; returns
     ``(sweep, created)`` (False: an idempotent retry)."""
     sweeps = SweepRepository(session, tenant.id)
+    sent = request_hash(body)
     if idempotency_key:
         existing = sweeps.by_idempotency_key(idempotency_key)
         if existing is not None:
+            check_same_request(idempotency_key, existing.request_hash, sent, what="sweep")
             return existing, False
     base = body.base
     limit = settings.max_sweep_points_per_tenant
@@ -93,6 +96,7 @@ def submit(
         tenant_id=tenant.id,
         name=name,
         idempotency_key=idempotency_key,
+        request_hash=sent if idempotency_key else None,
         base=base.model_dump(mode="json"),
         grid=body.grid.model_dump(mode="json", exclude_unset=True),
         metric=body.metric,
@@ -109,6 +113,7 @@ def submit(
         existing = sweeps.by_idempotency_key(idempotency_key or "")
         if existing is None:
             raise
+        check_same_request(idempotency_key or "", existing.request_hash, sent, what="sweep")
         return existing, False
     for i, job in enumerate(jobs):
         priority = fair_priority(rank + i)

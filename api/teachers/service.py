@@ -99,9 +99,17 @@ def create_from_job(
     if job.status != JobStatus.succeeded:
         raise Conflict(f"job {job_id} is {job.status}; only a succeeded job can become a teacher")
     artifact = jobs.artifact(job.id, "student.safetensors")
-    dataset = DatasetRepository(session, tenant.id).get(job.dataset_id)
-    if artifact is None or dataset is None or dataset.input_shape is None:
+    if artifact is None:
         raise Conflict(f"job {job_id} has no exported student to promote")
+    # What the student takes and gives is its training data's: the dataset's row says it,
+    # and is kept for this when the dataset is deleted.
+    dataset = DatasetRepository(session, tenant.id).get(job.dataset_id, deleted=True)
+    if dataset is None or dataset.input_shape is None or not dataset.classes:
+        raise Conflict(
+            f"job {job_id}'s dataset {job.dataset_id} no longer records its input shape and "
+            "classes, which the teacher needs; upload the student as a teacher instead "
+            "(POST /v1/teachers with its student.safetensors, arch, input_shape, num_classes)"
+        )
     # The job keeps its artifact: the teacher shares the object, never deletes it.
     blob, _ = find_or_add_blob(
         session, tenant.id, uri=artifact.uri, size=artifact.size, sha256=artifact.sha256

@@ -357,6 +357,11 @@ def test_the_same_idempotency_key_returns_the_same_sweep(
     assert (_rows(sessions, Sweep), _rows(sessions, Job)) == (2, 4)
     assert len(queued(REDIS_URL, settings.queue)) == 4
 
+    changed = _submit(client, alice, headers=key, base=body["base"], grid={"temperature": [2, 8]})
+    assert changed.status_code == 422
+    assert changed.json()["code"] == "idempotency_key_reused"
+    assert (_rows(sessions, Sweep), _rows(sessions, Job)) == (2, 4)
+
 
 # -- cancel ----------------------------------------------------------------------------------
 
