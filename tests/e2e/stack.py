@@ -21,6 +21,8 @@ import httpx
 import redis
 
 from client import KDServeAPIError, KDServeClient
+from tests.pg import fresh_database
+from tests.s3 import free_port, moto_s3
 
 KDSERVE = str(Path(sys.executable).with_name("kdserve"))
 ROOT = Path(__file__).resolve().parents[2]
@@ -213,3 +215,17 @@ def wait_job(
                 raise AssertionError(f"job {job_id} ended before the condition: {job}")
         time.sleep(every)
     raise AssertionError(f"job {job_id}: condition not met in {timeout} s; last seen {job}")
+
+
+@contextmanager
+def real_stack(home: Path, *, redis_url: str, db_prefix: str) -> Iterator[Stack]:
+    """API + worker on a fresh Postgres database, Redis ``redis_url`` and an S3 server."""
+    with fresh_database(db_prefix) as db_url, moto_s3() as s3:
+        env = service_env(
+            home, database_url=db_url, broker_url=redis_url, port=free_port(), extra=s3
+        )
+        try:
+            with Stack(home=home, env=env, port=int(env["KDSERVE_API_PORT"])).serving() as stack:
+                yield stack
+        finally:
+            flush_redis(redis_url)

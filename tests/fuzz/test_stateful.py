@@ -22,9 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.stack import Stack, flush_redis, service_env
-from tests.pg import fresh_database
-from tests.s3 import free_port, moto_s3
+from tests.e2e.stack import Stack, real_stack
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 SCHEMATHESIS = str(Path(sys.executable).with_name("schemathesis"))
@@ -46,15 +44,8 @@ CHECKS = ",".join(
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("stateful")
-    with fresh_database("kdserve_stateful") as db_url, moto_s3() as s3:
-        env = service_env(
-            home, database_url=db_url, broker_url=REDIS_URL, port=free_port(), extra=s3
-        )
-        try:
-            with Stack(home=home, env=env, port=int(env["KDSERVE_API_PORT"])).serving() as stack:
-                yield stack
-        finally:
-            flush_redis(REDIS_URL)
+    with real_stack(home, redis_url=REDIS_URL, db_prefix="kdserve_stateful") as stack:
+        yield stack
 
 
 @pytest.mark.slow
