@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # CIFAR-10 with a strong teacher, through kdserve's own CLI and service (issue 10):
-#   1. a WRN-16-2 teacher trained by a scratch job, 80 epochs, crop + flip (kdserve train);
+#   1. a WRN-16-2 teacher trained by a scratch job, 80 epochs, crop + flip and a 16-pixel
+#      cutout (DeVries & Taylor 2017) (kdserve train);
 #   2. a sweep over temperature × alpha for a ResNet-8 student on a validation split carved
 #      from the training set (kdserve up + POST /v1/sweeps: benchmarks/experiments/service_sweep.py);
 #   3. the student three ways, 3 seeds each, the same epochs and augmentation: scratch, KD with
@@ -23,7 +24,7 @@ echo '{"family":"wrn","depth":16,"width":2}' > "$OUT/teacher-arch.json"
 echo '{"family":"resnet","depth":8}' > "$OUT/student.json"
 
 # 1. The teacher (its exported epoch is the last: the test set is only for its score).
-echo '{"method":"scratch","epochs":80,"lr":0.1,"nesterov":true,"augment":"crop_flip",
+echo '{"method":"scratch","epochs":80,"lr":0.1,"nesterov":true,"augment":"crop_flip","cutout":16,
   "val_split":0,"checkpoint":"last","seed":0}' > "$OUT/teacher.json"
 [ -f "$OUT/teacher/report.json" ] ||
     $K train --arch "$OUT/teacher-arch.json" --data $TRAIN --val $TEST \

@@ -9,7 +9,7 @@ tensor     dtype        shape and meaning
 =========  ===========  =================================================================
 values     float16      ``(N, K, ...)``: the teacher's output for sample and view: logits
                         ``(N, K, C)``, or a hint map ``(N, K, C_h, H_h, W_h)``
-views      int16        ``(N, K, 3)``: each view's ``(row, col, flip)``
+views      int16        ``(N, K, 5)``: each view's parameters (:mod:`kdcore.data.views`)
 start      int64        ``(N,)``: the view each sample shows in epoch 1
 index      int16/int32  top-k logits only: ``(N, K, k)``, the classes of ``values``
 rest       float16      top-k logits only: ``(N, K)``, the logit each other class gets
@@ -57,7 +57,7 @@ import safetensors.torch
 import torch
 
 from kdcore.cache.key import CACHE_FORMAT_VERSION
-from kdcore.data import Normalizer, ViewBank, ViewPolicy
+from kdcore.data import VIEW_PARAMS, Normalizer, ViewBank, ViewPolicy
 from kdcore.runtime import Runtime
 
 __all__ = [
@@ -280,7 +280,7 @@ def load_outputs(
     if (
         values.shape != stored
         or values.dtype != torch.float16
-        or views.shape != (n, k, 3)
+        or views.shape != (n, k, VIEW_PARAMS)
         or start.shape != (n,)
     ):
         raise CorruptEntry(

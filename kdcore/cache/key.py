@@ -24,7 +24,8 @@ from kdcore.data import Dataset
 
 __all__ = ["CACHE_FORMAT_VERSION", "CacheKey", "cache_key", "dataset_sha256", "file_sha256"]
 
-CACHE_FORMAT_VERSION = 2  # 2: teacher run with BatchNorm folded, resolved precision
+# 2: teacher run with BatchNorm folded, resolved precision; 3: five view parameters (cutout)
+CACHE_FORMAT_VERSION = 3
 _CHUNK = 1 << 20
 
 
@@ -43,6 +44,7 @@ class CacheKey:
             training part.
         augment: the config's ``augment``.
         crop_padding: the config's ``crop_padding``.
+        cutout: the config's ``cutout``.
         views_seed: the seed the view bank is drawn from (the config's ``seed``).
         views: ``K``, views per sample.
         output: what is stored: ``"logits"``, ``"logits:top<k>"`` (many classes: the top-k
@@ -63,6 +65,7 @@ class CacheKey:
     normalizer: dict[str, Any]
     augment: str
     crop_padding: int
+    cutout: int
     views_seed: int
     views: int
     precision: str

@@ -33,6 +33,9 @@ baseline                  false            also train the student alone (method 
                                            same data, budget and seed) and report the gain
 augment                   ``none``         ``none``, ``flip``, ``crop``, ``crop_flip``
 crop_padding              4                zero padding for the random crop
+cutout                    0                side of a square set to zero at a random centre
+                                           of each training image (DeVries & Taylor 2017;
+                                           0: off; their CIFAR-10 value is 16)
 teacher_views             16               with a teacher cache and augmentation: views per
                                            sample whose teacher logits are stored (a run
                                            uses ``min(teacher_views, epochs)``), see below
@@ -167,12 +170,24 @@ class DistillConfig(BaseModel):
     baseline: bool = False
     augment: Literal["none", "flip", "crop", "crop_flip"] = "none"
     crop_padding: int = Field(default=4, ge=0, le=64)
+    cutout: int = Field(
+        default=0,
+        ge=0,
+        le=1024,
+        description="side of a square set to zero at a random centre of each training image "
+        "(cutout, DeVries & Taylor 2017); 0: off",
+    )
     teacher_views: int = Field(default=16, ge=1, le=1024)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     val_split: float = Field(default=0.1, ge=0, lt=1)
     seed: int = Field(default=0, ge=0)
+
+    @property
+    def augments(self) -> bool:
+        """Whether training images are augmented at all (crop, flip or cutout)."""
+        return self.augment != "none" or self.cutout > 0
 
     @model_validator(mode="before")
     @classmethod

@@ -15,9 +15,10 @@
 from kdcore.data.dataset import DataError, Dataset, augment, batches
 from kdcore.data.normalizer import Normalizer, normalize
 from kdcore.data.readers import load_dataset
-from kdcore.data.views import ViewBank, ViewPolicy
+from kdcore.data.views import VIEW_PARAMS, ViewBank, ViewPolicy
 
 __all__ = [
+    "VIEW_PARAMS",
     "DataError",
     "Dataset",
     "Normalizer",

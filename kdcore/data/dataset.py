@@ -128,11 +128,17 @@ def _held_out_quota(
 
 
 def augment(
-    x: torch.Tensor, *, crop_padding: int, flip: bool, crop: bool, generator: torch.Generator
+    x: torch.Tensor,
+    *,
+    crop_padding: int,
+    flip: bool,
+    crop: bool,
+    generator: torch.Generator,
+    cutout: int = 0,
 ) -> torch.Tensor:
-    """Random crop after zero padding, and random horizontal flip, per sample.
+    """Random crop after zero padding, random horizontal flip and cutout, per sample.
 
-    Random numbers are drawn on the CPU from ``generator`` (crop offsets first, then flips),
+    Random numbers are drawn on the CPU from ``generator`` (crop offsets, flips, cutouts),
     so the result depends only on the generator's state, not on ``x``'s device. This is
     :meth:`ViewPolicy.draw` then :meth:`ViewPolicy.apply`, one fresh view per sample: the
     teacher cache's view bank (:class:`kdcore.data.views.ViewBank`) applies stored views
@@ -144,16 +150,17 @@ def augment(
         flip: mirror each sample left-right with probability 0.5.
         crop: apply the random crop.
         generator: a CPU generator.
+        cutout: side of the square set to zero (0: none).
 
     Returns:
         A ``(B, C, H, W)`` batch.
     """
     if x.ndim != 4:
         raise ValueError(f"augment needs an image batch (B, C, H, W), got {tuple(x.shape)}")
-    policy = ViewPolicy(crop_padding=crop_padding, crop=crop, flip=flip)
+    policy = ViewPolicy(crop_padding=crop_padding, crop=crop, flip=flip, cutout=cutout)
     if not policy.active:
         return x
-    return policy.apply(x, policy.draw(x.shape[0], generator))
+    return policy.apply(x, policy.draw(x.shape[0], generator, (x.shape[2], x.shape[3])))
 
 
 def batches(

@@ -94,6 +94,7 @@ def _key(
         normalizer=ctx.normalizer.to_dict(),
         augment=config.augment,
         crop_padding=config.crop_padding,
+        cutout=config.cutout,
         views_seed=config.seed,
         views=views,
         precision=ctx.runtime.precision,
@@ -117,7 +118,8 @@ def _load_or_build(
     policy = _policy(ctx)
 
     def build() -> TeacherOutputs:
-        bank = ViewBank.draw(policy, shape[0], inputs.views, inputs.views_seed)
+        size = (ctx.x.shape[-2], ctx.x.shape[-1]) if ctx.x.ndim == 4 else (1, 1)
+        bank = ViewBank.draw(policy, shape[0], inputs.views, inputs.views_seed, size)
         return compute_outputs(
             run_teacher(), ctx.x, ctx.normalizer, bank, runtime=ctx.runtime, top_k=top_k
         )
@@ -130,7 +132,8 @@ def _load_or_build(
 
 def _policy(ctx: Context) -> ViewPolicy:
     cfg = ctx.config
-    return ViewPolicy.from_augment(cfg.augment, cfg.crop_padding, images=ctx.x.ndim == 4)
+    images = ctx.x.ndim == 4
+    return ViewPolicy.from_augment(cfg.augment, cfg.crop_padding, cutout=cfg.cutout, images=images)
 
 
 def _logits(

@@ -393,12 +393,13 @@ class _Driver:
     def _inputs(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         xb = self.ctx.normalizer(self.ctx.x[idx])  # (B, ...) float32
         cfg = self.ctx.config
-        if cfg.augment != "none" and xb.dim() == 4:
+        if cfg.augments and xb.dim() == 4:
             xb = augment(
                 xb,
                 crop_padding=cfg.crop_padding,
                 crop="crop" in cfg.augment,
                 flip="flip" in cfg.augment,
+                cutout=cfg.cutout,
                 generator=gen,
             )
         return xb

@@ -181,7 +181,7 @@ class KdStage(Stage):
         # (The frozen teacher draws no random numbers, so this may run before a resume
         # restores the RNG.)
         self._logits = None
-        if self.cached is None and ctx.config.augment == "none":
+        if self.cached is None and not ctx.config.augments:
             self._logits = self._teacher_logits()
 
     def loss(self, batch: Batch) -> Loss:

@@ -47,6 +47,7 @@ def key_inputs(**overrides: Any) -> CacheKey:
         "normalizer": {"scale": 1 / 255, "mean": [0.5], "std": [0.25]},
         "augment": "crop_flip",
         "crop_padding": 4,
+        "cutout": 0,
         "views_seed": 0,
         "views": 16,
         "precision": "fp32",

@@ -48,7 +48,8 @@ def teacher(tmp_path_factory: pytest.TempPathFactory, data: Dataset) -> nn.Modul
 
 
 def _outputs(teacher: nn.Module, data: Dataset) -> TeacherOutputs:
-    bank = ViewBank.draw(ViewPolicy(crop_padding=1, crop=True, flip=True), len(data), K, seed=0)
+    policy = ViewPolicy(crop_padding=1, crop=True, flip=True)
+    bank = ViewBank.draw(policy, len(data), K, seed=0, size=(data.x.shape[-2], data.x.shape[-1]))
     normalizer = Normalizer.fit(data)
     return compute_outputs(teacher, data.x, normalizer, bank, runtime=FP32)
 

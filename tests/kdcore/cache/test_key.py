@@ -19,6 +19,7 @@ CHANGED: dict[str, Any] = {
     "normalizer": {"scale": 1 / 255, "mean": [0.5], "std": [0.26]},
     "augment": "crop",
     "crop_padding": 2,
+    "cutout": 8,
     "views_seed": 1,
     "views": 8,
     "precision": "bf16",

@@ -37,7 +37,7 @@ def _stored(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     n = len(logits)
     x = torch.arange(n, dtype=torch.float32)[:, None]  # the "image" is the sample's row
     data = Dataset(x=x, y=torch.zeros(n, dtype=torch.long), classes=[str(c) for c in range(2)])
-    bank = ViewBank.draw(ViewPolicy(crop_padding=0, crop=False, flip=False), n, 1, seed=0)
+    bank = ViewBank.draw(ViewPolicy(crop_padding=0, crop=False, flip=False), n, 1, 0, (1, 1))
     normalizer = Normalizer.fit(data)
 
     def teacher(xb: torch.Tensor) -> torch.Tensor:
@@ -84,7 +84,7 @@ def test_a_top_k_entry_round_trips_and_refuses_classes_out_of_range(tmp_path: Pa
     n = len(true)
     x = torch.arange(n, dtype=torch.float32)[:, None]
     data = Dataset(x=x, y=torch.zeros(n, dtype=torch.long), classes=["a", "b"])
-    bank = ViewBank.draw(ViewPolicy(crop_padding=0, crop=False, flip=False), n, 1, seed=0)
+    bank = ViewBank.draw(ViewPolicy(crop_padding=0, crop=False, flip=False), n, 1, 0, (1, 1))
     norm = Normalizer.fit(data)
     outputs = compute_outputs(
         lambda xb: true[norm.invert(xb).round().long()[:, 0]],

@@ -98,14 +98,22 @@ def test_logits_beyond_float16_keep_the_teacher_in_the_loop(tmp_path: Path, data
 def test_views_and_k_follow_the_config(tmp_path: Path, data: Dataset) -> None:
     teacher = counting_teacher(data)
     keys = set()
-    variants: list[dict[str, object]] = [{}, {"seed": 1}, {"augment": "none"}, {"teacher_views": 3}]
+    variants: list[dict[str, object]] = [
+        {},
+        {"seed": 1},
+        {"augment": "none"},
+        {"teacher_views": 3},
+        {"cutout": 2},
+        {"augment": "none", "cutout": 2},  # cutout alone still needs K views
+    ]
     for i, o in enumerate(variants):
         result = train_cached(tmp_path, str(i), teacher, data, cfg=kd_config(**o))
         keys.add(result.teacher_cache.key)
-    assert len(keys) == 4
+    assert len(keys) == 6
     entries = sorted(p.stat().st_size for p in (tmp_path / "cache").iterdir())
-    # 72 training samples, 4 classes, fp16: K=1 (augment none) is the smallest entry
+    # 72 training samples, 4 classes, fp16: K=1 (augment none) is the only small entry
     assert entries[0] >= 72 * 1 * 4 * 2
+    assert entries[1] >= 72 * 2 * 4 * 2
 
 
 @pytest.mark.parametrize(("method", "stop_after"), [("kd", 1), ("kd", 2), ("fitnet", 2)], ids=str)
