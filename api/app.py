@@ -15,6 +15,7 @@ from api.health.endpoints import router as health_router
 from api.jobs.endpoints import router as jobs_router
 from api.kit import errors
 from api.kit.deps import Services
+from api.kit.gate import Gate
 from api.sweeps.endpoints import router as sweeps_router
 from api.teachers.endpoints import router as teachers_router
 from store.blobs import BlobStore, store_from_settings
@@ -50,10 +51,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         summary="Knowledge distillation as a service: KD and FitNets.",
         lifespan=lifespan,
-        # Counted while reading (not trusted from Content-Length): 413 past the limit.
-        max_body_size=settings.max_upload_bytes + 1024 * 1024,
     )
     errors.install(app)
+    # The key is checked before any body is read; bodies are bounded (JSON small, uploads
+    # KDSERVE_MAX_UPLOAD_BYTES) and cut off when they stall.
+    app.add_middleware(Gate, upload_paths=(teachers_router.prefix, datasets_router.prefix))
     for router in (
         health_router,
         teachers_router,

@@ -34,7 +34,9 @@ def main() -> None:
         rng = np.random.default_rng(0)
         x = rng.normal(size=(256, 1, 8, 8)).astype("float32")
         np.savez(box / "data.npz", x=x, y=np.arange(256) % 10)
-        request = DatasetRequest(limits=Limits(memory_mb=0, file_mb=0, threads=1), path="data.npz")
+        request = DatasetRequest(
+            limits=Limits(memory_mb=0, file_mb=0, threads=1), path="data.npz", max_members=10
+        )
 
         def in_process() -> None:
             load_dataset(box / "data.npz")

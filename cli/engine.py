@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -351,6 +352,8 @@ def _run(
             teacher_cache=LocalFolderCache(cache_dir) if cache_dir is not None else None,
         )
     print_report(report.model_dump(mode="json"))
+    for warning in report.warnings:
+        err.print(f"warning: {escape(warning)}")
     cache = report.teacher_cache
     if cache.status != "off":
         err.print(

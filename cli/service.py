@@ -163,24 +163,49 @@ def keys_create(
 
 @keys_app.command("revoke")
 def keys_revoke(
-    key_or_prefix: Annotated[
-        str, typer.Argument(help="The key, or its 12-character prefix (kds_<prefix>_...).")
-    ],
+    key: Annotated[
+        str | None,
+        typer.Argument(help="The whole key (kds_<prefix>_<secret>); a wrong secret matches none."),
+    ] = None,
+    prefix: Annotated[
+        str | None,
+        typer.Option(
+            "--prefix",
+            help="Revoke by the key's 12-character prefix alone (kds_<prefix>_...), for a key "
+            "whose secret is lost.",
+        ),
+    ] = None,
 ) -> None:
     """Revoke an API key: requests with it get 401 from now on."""
     with _service_errors():
         from store.db import make_engine, make_sessionmaker, transaction
+        from store.keys import split_prefix
         from store.repositories.tenants import TenantRepository
         from store.settings import Settings
 
+        if (key is None) == (prefix is None):
+            raise ValueError("give the whole key, or --prefix PREFIX (not both)")
+        if key is not None and split_prefix(key.strip()) is None:
+            raise ValueError(
+                "that is not a whole key (kds_<prefix>_<secret>); to revoke by the prefix "
+                "alone, say so: kdserve keys revoke --prefix PREFIX"
+            )
         engine = make_engine(Settings().db_url, pool_size=1)
         try:
             with transaction(make_sessionmaker(engine)) as session:
-                revoked = TenantRepository(session).revoke_key(key_or_prefix.strip())
+                repo = TenantRepository(session)
+                if key is not None:
+                    revoked = repo.revoke_key(key.strip())
+                else:
+                    revoked = repo.revoke_prefix((prefix or "").strip())
         finally:
             engine.dispose()
         if not revoked:
-            raise ValueError("no active key matches that key or prefix")
+            raise ValueError(
+                "no active key matches that key"
+                if key is not None
+                else "no active key has that prefix"
+            )
     err.print("revoked")
 
 
@@ -357,6 +382,8 @@ def up(
         "KDSERVE_API_HOST": host,
         "KDSERVE_API_PORT": str(port),
     }
+    # The API refuses jobs that ask for a GPU this machine's worker does not have.
+    env.setdefault("KDSERVE_CUDA_WORKERS", str(cuda_available()).lower())
     api_argv = [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory"]
     api_argv += ["--timeout-keep-alive", "30"]  # as `kdserve api`: outlast the client's 2 s
     commands = {
@@ -371,6 +398,19 @@ def up(
         on_ready=lambda: _print_ready(url, key, key_file),
     )
     raise typer.Exit(code)
+
+
+def cuda_available(timeout: float = 120.0) -> bool:
+    """Whether torch sees a CUDA device here, asked in a child process (this one stays
+    torch-free); True when the child cannot tell, so that nothing is refused by mistake."""
+    probe = "import torch; print(torch.cuda.is_available())"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=timeout
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return True
+    return done.stdout.strip() != "False"
 
 
 def _first_key(settings: Settings) -> tuple[str | None, Path]:

@@ -33,6 +33,7 @@ from kdcore.export import StudentMeta, export_student
 from kdcore.files import atomic_write
 from kdcore.inspection import inspect_model
 from kdcore.report import Report, TeacherCacheReport, build_report
+from kdcore.runtime import resolve_device
 from kdcore.train import CancelFn, Progress, ProgressFn, TrainResult, train
 from kdcore.tune import ProbeResult, candidates, choose_kd_weights, probe_epochs
 from kdcore.weights import freeze, load_model
@@ -94,6 +95,7 @@ def run(
     ``cache_entry_max_bytes``: :attr:`kdcore.cache.CacheRequest.entry_max_bytes` (None: the
     default).
     """
+    resolve_device(config.device)  # before loading anything: this machine may lack it
     train_data = data if isinstance(data, Dataset) else load_dataset(data)
     val_data = _load(val, train_data, "validation")
     test_data = _load(test, train_data, "test")
@@ -176,7 +178,8 @@ def run(
         classes=list(train_data.classes),
         preprocess=result.normalizer.to_dict(),
     )
-    export_student(result.student, meta, out_dir, formats=formats)
+    notes: list[str] = []  # formats left out, and why
+    export_student(result.student, meta, out_dir, formats=formats, warn=notes.append)
     n_train = len(train_data) - (
         len(result.val_data) if val_data is None and result.val_data else 0
     )
@@ -197,6 +200,7 @@ def run(
         best=result.best,
         exported=result.exported,
         choices=choices,
+        warnings=notes,
         device=str(result.runtime.device),
         precision=result.runtime.precision,
         memory_format=result.runtime.memory_format,

@@ -77,6 +77,8 @@ class Report(BaseModel):
     config: dict[str, Any]
     student_spec: dict[str, Any]
     teacher_cache: TeacherCacheReport = TeacherCacheReport()
+    # What the job could not do but did not fail for: an export format left out, and why.
+    warnings: list[str] = []
 
 
 def describe_model(
@@ -130,6 +132,7 @@ def build_report(
     eval_split: Literal["validation", "test"] = "validation",
     exported: dict[str, Any] | None = None,
     choices: dict[str, Any] | None = None,
+    warnings: list[str] | None = None,
 ) -> Report:
     t_report = t_logits = None
     if teacher is not None:
@@ -171,4 +174,5 @@ def build_report(
         config=config,
         student_spec=student_spec,
         teacher_cache=teacher_cache or TeacherCacheReport(),
+        warnings=warnings or [],
     )

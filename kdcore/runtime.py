@@ -32,6 +32,7 @@ from torch import nn
 from kdcore.contract import DistillConfig
 
 __all__ = [
+    "DeviceUnavailable",
     "MemoryFormat",
     "Precision",
     "Runtime",
@@ -82,11 +83,20 @@ def in_memory_format(module: nn.Module, fmt: MemoryFormat) -> nn.Module:
     return module.to(memory_format=target)  # type: ignore[call-overload]
 
 
+class DeviceUnavailable(RuntimeError):
+    """The config asks for a device this machine does not have."""
+
+
 def resolve_device(name: str) -> torch.device:
+    """The device ``name`` (``auto``, ``cpu``, ``cuda``) means on this machine.
+
+    Raises:
+        DeviceUnavailable: ``cuda`` on a machine without a CUDA GPU.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError('config asks for device "cuda" but no CUDA GPU is available')
+        raise DeviceUnavailable('config asks for device "cuda" but no CUDA GPU is available')
     return torch.device(name)
 
 

@@ -7,14 +7,21 @@ client moto is built to stand in for. The local backend is a few lines over the 
 Writers stream: data is written in chunks as it arrives and hashed on the way; an object
 gets its final name only when complete (a renamed temporary file locally, a completed
 multipart upload on S3), so a reader never sees half an object.
+
+What a killed writer leaves (a ``.partial`` file, an unfinished multipart upload) is removed
+by :meth:`BlobStore.sweep_unfinished`, which the API runs at start. Locally, each writer holds
+an exclusive ``flock`` on its ``.partial`` file until it commits or aborts, and the kernel
+drops the lock when the process dies however it dies; so the sweep removes exactly the files
+whose lock it can take: every one a dead process left, at once, and never one that another
+live API or worker process sharing the folder is still writing.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
-import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -111,8 +118,10 @@ class BlobStore(ABC):
         raise NotImplementedError
 
     def sweep_unfinished(self, older_than_s: float) -> int:
-        """Remove uploads a killed process left unfinished (never visible as objects) that
-        started over ``older_than_s`` ago; returns how many."""
+        """Remove uploads a killed process left unfinished (never visible as objects);
+        returns how many. Local files go as soon as their writer is gone (whatever their
+        age); S3 multipart uploads, whose writer cannot be asked, once started over
+        ``older_than_s`` ago."""
         return 0
 
 
@@ -124,8 +133,15 @@ class _LocalWriter(BlobWriter):
         super().__init__()
         self.final = final
         final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.partial")
-        self._f = self.tmp.open("wb")
+        while True:
+            self.tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.partial")
+            self._f = self.tmp.open("xb")
+            # Held until commit or abort, or this process's death: the sweep's sign of life.
+            fcntl.flock(self._f.fileno(), fcntl.LOCK_EX)
+            # A sweep may have taken the file between the open and the lock: start over.
+            if _same_file(self.tmp, self._f.fileno()):
+                break
+            self._f.close()
 
     def _write(self, chunk: bytes) -> None:
         self._f.write(chunk)
@@ -189,13 +205,18 @@ class LocalStore(BlobStore):
         return self._path(uri)
 
     def sweep_unfinished(self, older_than_s: float) -> int:
-        cutoff = time.time() - older_than_s
         removed = 0
         for path in self.root.rglob(".*.partial"):
             try:
-                if path.stat().st_mtime < cutoff:
-                    path.unlink()
-                    removed += 1
+                # r+: on NFS, flock is emulated by fcntl locks, whose exclusive kind needs it.
+                with path.open("r+b") as f:
+                    try:
+                        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # its writer is alive
+                    if _same_file(path, f.fileno()):  # not renamed into place meanwhile
+                        path.unlink()
+                        removed += 1
             except FileNotFoundError:  # finished or aborted meanwhile
                 continue
         return removed
@@ -204,6 +225,16 @@ class LocalStore(BlobStore):
         with self._path(uri).open("rb") as f:
             while data := f.read(chunk):
                 yield data
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 # -- S3 ----------------------------------------------------------------------------------

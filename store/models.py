@@ -125,6 +125,22 @@ class ApiKey(Timestamps, Base):
     tenant: Mapped[Tenant] = relationship(lazy="raise")
 
 
+class UploadSlot(Base):
+    """An upload in progress: taken under the tenant's row lock before the body is read, so
+    the tenant's concurrent uploads are counted atomically; deleted when the upload ends.
+    ``expires_at`` is pushed forward while bytes arrive; a slot past it (its API process was
+    killed) no longer counts."""
+
+    __tablename__ = "upload_slots"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), index=True
+    )
+    expires_at: Mapped[datetime] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Blob(Base):
     """An object in storage, owned by a tenant; uploads are deduplicated by sha256."""
 
@@ -200,6 +216,8 @@ class Sweep(Timestamps, Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200), default="")
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    # sha256 of the request that used the key (api/kit/idempotency.py); NULL on older rows.
+    request_hash: Mapped[str | None] = mapped_column(String(64))
     base: Mapped[dict[str, Any]] = mapped_column(JSON)  # the job body every point starts from
     grid: Mapped[dict[str, Any]] = mapped_column(JSON)
     metric: Mapped[str] = mapped_column(String(16))
@@ -219,6 +237,7 @@ class Job(Timestamps, Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200), default="")
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))  # as Sweep.request_hash
     teacher_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("teachers.id"))
     dataset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("datasets.id"))
     val_dataset_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("datasets.id"))
@@ -236,6 +255,9 @@ class Job(Timestamps, Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # latest values
     error_code: Mapped[str | None] = mapped_column(String(32))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # What a succeeded job could not do but did not fail for (report.json's "warnings": an
+    # export format left out); NULL on older rows, read as [].
+    warnings: Mapped[list[Any] | None] = mapped_column(JSON)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     lease: Mapped[str | None] = mapped_column(String(36))  # the running attempt's token
     heartbeat_at: Mapped[datetime | None] = mapped_column()

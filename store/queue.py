@@ -13,6 +13,19 @@ VALIDATE_DATASET = "datasets.validate"
 RUN_JOB = "distill.run"
 REAP_JOBS = "jobs.reap"
 
+# Fair share on the broker: a message's priority is its row's rank among its tenant's work
+# not yet done (0 for a tenant's first queued job or validation, 1 for its second, ...), and
+# workers take lower numbers first (FIFO within one). So a tenant's backlog sits behind every
+# other tenant's first items instead of in front of them. Redis keeps one list per level
+# (kombu's ``priority_steps``); ranks past the last level share it. Kombu's SQLAlchemy
+# transport (embedded mode) has no priorities: there the queue is FIFO.
+PRIORITY_LEVELS = 10
+
+
+def fair_priority(rank: int) -> int:
+    """The broker priority of a tenant's item with ``rank`` items of its own before it."""
+    return min(max(rank, 0), PRIORITY_LEVELS - 1)
+
 
 def make_celery(settings: Settings) -> Celery:
     app = Celery("kdserve", broker=settings.broker)
@@ -44,5 +57,8 @@ def _transport_options(settings: Settings) -> dict[str, object]:
     if settings.broker.startswith(("redis://", "rediss://")):
         # Redis redelivers a message unacked for this long (celery#5935): keep it above the
         # job time limit, or a long job runs twice.
-        return {"visibility_timeout": settings.visibility_timeout_s}
+        return {
+            "visibility_timeout": settings.visibility_timeout_s,
+            "priority_steps": list(range(PRIORITY_LEVELS)),  # see fair_priority
+        }
     return {}  # kombu's SQLAlchemy transport hands these to create_engine()

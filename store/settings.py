@@ -63,7 +63,30 @@ class Settings(BaseSettings):
     # Queued and running points of all a tenant's sweeps together; one sweep's grid too.
     max_sweep_points_per_tenant: int = Field(default=64, ge=1)
     max_stored_bytes_per_tenant: int = Field(default=50 * 1024 * MiB, gt=0)
+    # Request bodies other than uploads (JSON), refused with 413 past it.
+    max_json_body_bytes: int = Field(default=1 * MiB, gt=0)
+    # Uploads of one tenant streaming at once; teachers and datasets of one tenant waiting
+    # for (or in) validation, uploads in progress included. Past either: 429.
+    max_concurrent_uploads_per_tenant: int = Field(default=4, ge=1)
+    max_validating_uploads_per_tenant: int = Field(default=16, ge=1)
+    # A request body that sends nothing for this long is cut off (408), so a stalled client
+    # holds its connection for a bounded time.
+    request_body_idle_timeout_s: float = Field(default=60.0, gt=0)
     allow_code_checkpoints: bool = False
+
+    # -- what one job may cost, checked at submission (kdcore.contract.cost) ---------------
+    # Trainable parameters of the student, and of the teacher (as its validation counted).
+    max_job_params: int = Field(default=1_000_000_000, gt=0)
+    # Multiply-accumulates of one sample's forward pass, of the student and of the teacher.
+    max_job_macs: int = Field(default=100_000_000_000, gt=0)
+    # The student's activations for one training batch, as float32 (batch_size × the sum of
+    # its layers' output sizes).
+    max_job_activation_bytes: int = Field(default=64 * 1024 * MiB, gt=0)
+    # Training samples × epochs, over every stage (and the baseline run).
+    max_job_sample_epochs: int = Field(default=1_000_000_000, gt=0)
+    # Whether the workers of `queue` have a CUDA device; false: jobs that ask for device
+    # "cuda" are refused at submission instead of failing on a worker.
+    cuda_workers: bool = True
 
     # -- the teacher cache (kdcore.cache; entries in storage, listed in cache_entries) -----
     teacher_cache: bool = True  # false: jobs run the teacher in the loop, as without a cache
@@ -84,6 +107,9 @@ class Settings(BaseSettings):
     sandbox_max_file_mb: int = Field(default=8 * 1024, ge=0)  # largest file it may write
     sandbox_threads: int = Field(default=0, ge=0)  # torch threads in the child; 0: default
     validation_time_limit_s: int = Field(default=900, gt=0)
+    # Entries (files, folders, links: images or not) a dataset archive may hold; each costs a
+    # header to read, so an archive of millions of empty members is refused at validation.
+    dataset_max_members: int = Field(default=1_000_000, ge=1)
 
     # -- API -----------------------------------------------------------------------------
     api_host: str = "127.0.0.1"

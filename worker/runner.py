@@ -72,6 +72,7 @@ _ARTIFACT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 _MAX_ARTIFACTS = 32  # kdcore writes about ten
 _MAX_METRICS = 32  # per progress report; kdcore sends a handful
 _METRIC_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+_MAX_WARNINGS, _MAX_WARNING_CHARS = 8, 1000  # kdcore sends one per format left out
 _PROGRESS: TypeAdapter[Progress] = TypeAdapter(Progress)
 
 
@@ -522,6 +523,7 @@ class _Attempt:
                     artifacts=artifacts,
                     metrics=metrics,
                     choices={**(self.job.choices or {}), **report.choices},
+                    warnings=[w[:_MAX_WARNING_CHARS] for w in report.warnings[:_MAX_WARNINGS]],
                 )
 
         outcome = self.lease.finish(once, Outcome.succeeded)

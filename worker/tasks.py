@@ -3,7 +3,11 @@ in ``worker.validation``, ``worker.runner`` and ``worker.reaper``."""
 
 from __future__ import annotations
 
-from store.queue import REAP_JOBS, RUN_JOB, VALIDATE_DATASET, VALIDATE_TEACHER
+import uuid
+
+from store.models import DatasetRecord, Teacher
+from store.queue import REAP_JOBS, RUN_JOB, VALIDATE_DATASET, VALIDATE_TEACHER, fair_priority
+from store.repositories.limits import job_rank, validation_rank
 from worker.app import celery
 from worker.reaper import reap_jobs
 from worker.resources import resources
@@ -33,9 +37,17 @@ def run_job_task(job_id: str) -> None:
 def reap_jobs_task() -> None:
     r = resources()
     queue = r.settings.queue
-    reap_jobs(
-        settings=r.settings,
-        sessions=r.sessions,
-        send=lambda job_id: celery.send_task(RUN_JOB, args=[job_id], queue=queue),
-        send_task=lambda name, row_id: celery.send_task(name, args=[row_id]),
-    )
+
+    def send(job_id: str) -> None:
+        # Re-sent messages keep their place in the fair share: the job's rank in its tenant.
+        with r.sessions() as session:
+            rank = job_rank(session, uuid.UUID(job_id))
+        celery.send_task(RUN_JOB, args=[job_id], queue=queue, priority=fair_priority(rank))
+
+    def send_task(name: str, row_id: str) -> None:
+        model = Teacher if name == VALIDATE_TEACHER else DatasetRecord
+        with r.sessions() as session:
+            rank = validation_rank(session, model, uuid.UUID(row_id))
+        celery.send_task(name, args=[row_id], priority=fair_priority(rank))
+
+    reap_jobs(settings=r.settings, sessions=r.sessions, send=send, send_task=send_task)

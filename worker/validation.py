@@ -118,7 +118,9 @@ def _dataset_file(row: DatasetRecord) -> str:
 
 
 def _dataset_request(row: DatasetRecord, path: str, settings: Settings) -> DatasetRequest:
-    return DatasetRequest(limits=limits_for(settings), path=path)
+    return DatasetRequest(
+        limits=limits_for(settings), path=path, max_members=settings.dataset_max_members
+    )
 
 
 TEACHERS = Check(

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
-from starlette.concurrency import run_in_threadpool
+from functools import partial
 
-from api.kit.deps import ServicesDep, SessionDep, TenantDep
+from fastapi import APIRouter, Request, status
+
+from api.kit.deps import ServicesDep, TenantDep
 from api.kit.errors import problems
 from api.kit.schemas import plain_text
-from api.kit.uploads import receive, store_upload, upload_body
+from api.kit.uploads import receive, record_upload, store_upload, upload_body, upload_slot
 
 from . import service
 from .schemas import DatasetPublic
@@ -33,33 +34,39 @@ _BODY = upload_body(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=DatasetPublic,
-    responses=problems(401, 413, 415, 422),
+    responses=problems(401, 408, 413, 415, 422, 429),
     openapi_extra=_BODY,
 )
 async def create_dataset(
-    request: Request, session: SessionDep, tenant: TenantDep, services: ServicesDep
+    request: Request, tenant: TenantDep, services: ServicesDep
 ) -> DatasetPublic:
     """Upload a dataset (.npz or image-folder archive); a worker then validates it."""
-    incoming = await receive(
-        request,
-        fields=("name",),
-        max_fields=4,
-        file_part="a `file` part",
-        unsupported="send multipart/form-data with a `file` part, or "
-        "application/octet-stream with ?filename=...",
-    )
-    filename = service.check_filename(incoming.filename)
-    name = plain_text(incoming.fields["name"] or "", "name")
-    obj = await store_upload(incoming, session=session, services=services, tenant=tenant)
-    dataset = await run_in_threadpool(
-        service.create,
-        session,
-        services.store,
-        tenant=tenant,
-        obj=obj,
-        filename=filename,
-        name=name,
-    )
+    async with upload_slot(request, services, tenant) as slot:
+        incoming = await receive(
+            slot.request,
+            fields=("name",),
+            max_fields=4,
+            file_part="a `file` part",
+            unsupported="send multipart/form-data with a `file` part, or "
+            "application/octet-stream with ?filename=...",
+        )
+        filename = service.check_filename(incoming.filename)
+        name = plain_text(incoming.fields["name"] or "", "name")
+        obj = await store_upload(incoming, services=services, tenant=tenant, slot=slot)
+        dataset = await record_upload(
+            services,
+            tenant=tenant,
+            slot=slot,
+            obj=obj,
+            create=partial(
+                service.create,
+                store=services.store,
+                settings=services.settings,
+                obj=obj,
+                filename=filename,
+                name=name,
+            ),
+        )
     return service.catalog.to_public(dataset)
 
 

@@ -14,6 +14,7 @@ from store.blobs import BlobStore, StoredObject
 from store.models import DatasetRecord, Tenant
 from store.queue import VALIDATE_DATASET
 from store.repositories.catalog import DatasetRepository
+from store.settings import Settings
 
 from .schemas import DatasetList, DatasetPublic
 
@@ -41,12 +42,13 @@ def check_filename(filename: str | None) -> str:
 
 def create(
     session: Session,
-    store: BlobStore,
-    *,
     tenant: Tenant,
+    *,
+    store: BlobStore,
+    settings: Settings,
     obj: StoredObject,
     filename: str,
     name: str,
 ) -> DatasetRecord:
     row = DatasetRecord(tenant_id=tenant.id, name=name or filename, filename=filename)
-    return catalog.add(session, row, record_blob(session, store, tenant, obj))
+    return catalog.add(session, settings, row, record_blob(session, store, tenant, obj))

@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from api.kit.deps import ServicesDep, SessionDep, TenantDep, parse_id
 from api.kit.errors import Conflict, NotFound, Unavailable, problems
 from api.kit.pagination import decode_cursor, split_page
+from api.kit.routing import BoundedJsonRoute
 from api.kit.schemas import DEFAULT_PAGE, MAX_PAGE
 from store.blobs import StorageError
 from store.models import Job, JobStatus, Tenant
@@ -25,7 +26,7 @@ from .schemas import (
     MetricPointOut,
 )
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=BoundedJsonRoute)
 
 
 def _job(session: SessionDep, tenant: Tenant, job_id: str) -> tuple[JobRepository, Job]:
@@ -40,7 +41,7 @@ def _job(session: SessionDep, tenant: Tenant, job_id: str) -> tuple[JobRepositor
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobPublic,
-    responses=problems(401, 409, 422, 429),
+    responses=problems(401, 409, 413, 422, 429),
 )
 def submit_job(
     body: JobCreate,

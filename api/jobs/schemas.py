@@ -46,6 +46,10 @@ class JobPublic(BaseModel):
     )
     sweep_id: uuid.UUID | None = Field(description="the sweep this job is a point of, if any")
     error: JobError | None
+    warnings: list[str] = Field(
+        description="what a succeeded job could not do but did not fail for, e.g. an export "
+        "format left out and why (also in report.json)"
+    )
     attempts: int
     cancel_requested: bool
     created_at: datetime

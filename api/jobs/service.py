@@ -11,8 +11,10 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from api.kit.cost import check_limit, check_model, size
 from api.kit.deps import defer_task
 from api.kit.errors import Conflict, Invalid, TooManyRequests
+from api.kit.idempotency import check_same_request, request_hash
 from kdcore.contract import (
     DistillConfig,
     Shape,
@@ -20,12 +22,15 @@ from kdcore.contract import (
     SpecError,
     check_hint,
     layer_shapes,
+    model_cost,
+    plan_stages,
     resolve_hint,
 )
 from store.models import AssetStatus, DatasetRecord, Job, Teacher, Tenant
-from store.queue import RUN_JOB
+from store.queue import RUN_JOB, fair_priority
 from store.repositories.catalog import DatasetRepository, TeacherRepository
 from store.repositories.jobs import JobRepository
+from store.repositories.limits import lock_tenant, pending_jobs
 from store.settings import Settings
 
 from .schemas import JobCreate, JobError, JobPublic
@@ -57,13 +62,24 @@ def submit(
     body: JobCreate,
     idempotency_key: str | None,
 ) -> tuple[Job, bool]:
-    """Create and queue a job; returns ``(job, created)`` (False: an idempotent retry)."""
+    """Create and queue a job; returns ``(job, created)`` (False: an idempotent retry).
+
+    Raises:
+        IdempotencyKeyReused: the key was used for a different request.
+    """
     jobs = JobRepository(session, tenant.id)
+    sent = request_hash(body)
     if idempotency_key:
         existing = jobs.by_idempotency_key(idempotency_key)
         if existing is not None:
+            check_same_request(idempotency_key, existing.request_hash, sent, what="job")
             return existing, False
-    checked = check(session, tenant=tenant, body=body)
+    checked = check(session, settings=settings, tenant=tenant, body=body)
+    # Count and insert under the tenant's row lock: concurrent submissions take turns, so
+    # none gets past the limit (store.repositories.limits).
+    tenant = lock_tenant(session, tenant.id)
+    if idempotency_key and (existing := jobs.by_idempotency_key(idempotency_key)):
+        return existing, False  # the same key committed while this request waited
     limit = tenant.max_running_jobs or settings.max_running_jobs_per_tenant
     if jobs.active_count() >= limit:
         raise TooManyRequests(
@@ -72,7 +88,9 @@ def submit(
             headers={"Retry-After": "60"},
         )
 
+    rank = pending_jobs(session, tenant.id)  # behind the tenant's own queued and running jobs
     job = new_job(tenant, checked, name=body.name or "", idempotency_key=idempotency_key)
+    job.request_hash = sent if idempotency_key else None
     try:
         with session.begin_nested():
             jobs.add(job)
@@ -80,24 +98,36 @@ def submit(
         existing = jobs.by_idempotency_key(idempotency_key or "")
         if existing is None:
             raise
+        check_same_request(idempotency_key or "", existing.request_hash, sent, what="job")
         return existing, False
-    defer_task(session, RUN_JOB, [str(job.id)], queue=settings.queue)
+    defer_task(session, RUN_JOB, [str(job.id)], queue=settings.queue, priority=fair_priority(rank))
     return job, True
 
 
 def check(
-    session: Session, *, tenant: Tenant, body: JobCreate, at: Callable[[Loc], Loc] = as_sent
+    session: Session,
+    *,
+    settings: Settings,
+    tenant: Tenant,
+    body: JobCreate,
+    at: Callable[[Loc], Loc] = as_sent,
 ) -> Checked:
     """Every check of a job request that needs no torch: the datasets and the teacher belong
-    to the tenant and are ready and agree, the student takes the data, FitNets layers exist
-    and join, the batch fits. ``at`` maps a field's path in ``body`` to its path in what the
-    user sent (a sweep's points are job requests built from a sweep's body).
+    to the tenant and are ready and agree, the student takes the data, the job's cost is
+    within the service's limits, FitNets layers exist and join, the batch fits. ``at`` maps
+    a field's path in ``body`` to its path in what the user sent (a sweep's points are job
+    requests built from a sweep's body).
 
     Raises:
-        Invalid: naming the field and what to change.
+        Invalid: naming the field and what to change (:class:`OverLimit`: a cost limit).
         Conflict: a dataset or the teacher is still being validated.
     """
     config, student = body.config, body.student
+    if config.device == "cuda" and not settings.cuda_workers:
+        raise Invalid(
+            f'{_dotted(at, "config", "device")}: "cuda", but this service\'s workers have no '
+            'CUDA device (KDSERVE_CUDA_WORKERS is false); send "auto" or "cpu"'
+        )
     datasets = DatasetRepository(session, tenant.id)
     data = _ready_dataset(datasets.get(body.dataset_id), body.dataset_id, _dotted(at, "dataset_id"))
     val = None
@@ -112,6 +142,8 @@ def check(
             )
     shapes = _student_shapes(student, data, at)
     teacher = _teacher(session, tenant, body, config, data, at)
+    train_samples = (data.samples or 0) * (1 if val is not None else 1 - config.val_split)
+    _check_cost(settings, body, data, shapes, teacher, int(train_samples), at)
     hint_choice = None
     if config.hint is not None and teacher is not None:
         teacher_shapes = {layer["path"]: tuple(layer["shape"]) for layer in teacher.layers or []}
@@ -134,7 +166,6 @@ def check(
                 loc=loc,
             )
         )
-    train_samples = (data.samples or 0) * (1 if val is not None else 1 - config.val_split)
     if config.batch_size > train_samples:
         raise Invalid(
             f"{_dotted(at, 'config', 'batch_size')} {config.batch_size} is larger than the "
@@ -185,6 +216,65 @@ def _student_shapes(
         raise Invalid(
             f"{_dotted(at, 'student')}: {exc}", errors=_located(exc, *at(("student",)))
         ) from exc
+
+
+def _check_cost(
+    settings: Settings,
+    body: JobCreate,
+    data: DatasetRecord,
+    shapes: dict[str, Shape],
+    teacher: Teacher | None,
+    train_samples: int,
+    at: Callable[[Loc], Loc],
+) -> None:
+    """The job's cost against the service's limits (``KDSERVE_MAX_JOB_*``): the student's
+    parameters, MACs and one batch's activations, the teacher's parameters and MACs (as its
+    validation counted them), and samples × epochs. Cheap: the spec's field bounds cap the
+    layers, and this is one pass over the shapes already listed."""
+    config = body.config
+    cost = model_cost(
+        body.student, tuple(data.input_shape or ()), len(data.classes or []), shapes=shapes
+    )
+    student = _dotted(at, "student")
+    check_model(
+        settings,
+        field=student,
+        what="the student",
+        params=cost.params,
+        macs=cost.macs,
+        instead="a smaller student",
+    )
+    if teacher is not None:
+        check_model(
+            settings,
+            field=_dotted(at, "teacher_id"),
+            what="the teacher",
+            params=teacher.params,
+            macs=teacher.macs,
+            instead="another teacher",
+        )
+    batch = cost.activation_bytes(config.batch_size)
+    check_limit(
+        student,
+        f"one batch of {config.batch_size} keeps about {size(batch)} of activations "
+        f"({cost.activations:,} values per sample, as float32)",
+        batch,
+        settings.max_job_activation_bytes,
+        "KDSERVE_MAX_JOB_ACTIVATION_BYTES",
+        f"lower {_dotted(at, 'config', 'batch_size')}, or use a smaller student",
+    )
+    epochs = sum(stage.epochs for stage in plan_stages(config))
+    epochs += config.epochs if config.baseline else 0
+    check_limit(
+        _dotted(at, "config", "epochs"),
+        f"{epochs:,} epochs (every stage{' and the baseline' if config.baseline else ''}) "
+        f"over {train_samples:,} training samples are {epochs * train_samples:,} "
+        "sample-epochs",
+        epochs * train_samples,
+        settings.max_job_sample_epochs,
+        "KDSERVE_MAX_JOB_SAMPLE_EPOCHS",
+        "train for fewer epochs, or on fewer samples",
+    )
 
 
 def _relocated(exc: SpecError, at: Callable[[Loc], Loc]) -> SpecError:
@@ -267,6 +357,7 @@ def to_public(j: Job) -> JobPublic:
         choices=j.choices or {},
         sweep_id=j.sweep_id,
         error=error,
+        warnings=j.warnings or [],
         attempts=j.attempts,
         cancel_requested=j.cancel_requested,
         created_at=j.created_at,

@@ -19,8 +19,12 @@ from api.kit.deps import SessionDep, TenantDep, defer_task, parse_id
 from api.kit.errors import NotFound, problems
 from api.kit.pagination import decode_cursor, split_page
 from api.kit.schemas import DEFAULT_PAGE, MAX_PAGE
+from api.kit.uploads import check_validations
 from store.models import Blob, Tenant
+from store.queue import fair_priority
 from store.repositories.catalog import Upload, UploadRepository
+from store.repositories.limits import lock_tenant
+from store.settings import Settings
 
 Public = TypeVar("Public", bound=BaseModel)
 
@@ -47,12 +51,20 @@ class Catalog(Generic[Upload, Public]):
     page: type[BaseModel]
     task: str
 
-    def add(self, session: Session, row: Upload, blob: Blob) -> Upload:
-        """Record a new upload on ``blob`` and queue its validation (sent after the commit)."""
+    def add(self, session: Session, settings: Settings, row: Upload, blob: Blob) -> Upload:
+        """Record a new upload on ``blob`` and queue its validation (sent after the commit,
+        behind the tenant's earlier validations: :func:`store.queue.fair_priority`).
+
+        Raises:
+            TooManyRequests: the tenant's validations in waiting are at their limit
+                (counted under the tenant's row lock).
+        """
+        lock_tenant(session, row.tenant_id)
+        rank = check_validations(session, settings, row.tenant_id)
         row.blob_id = blob.id
         self.repository(session, row.tenant_id).add(row)
         row.blob = blob
-        defer_task(session, self.task, [str(row.id)])
+        defer_task(session, self.task, [str(row.id)], priority=fair_priority(rank))
         return row
 
     def get(self, session: Session, tenant: Tenant, row_id: str) -> Upload:

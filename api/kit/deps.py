@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import anyio
 from celery import Celery
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from api.kit.errors import Unauthorized
 from store import keys
@@ -24,6 +27,8 @@ from store.models import ApiKey, Tenant
 from store.settings import Settings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DB_SLOT_TIMEOUT_S = 30.0  # SQLAlchemy's pool_timeout default
 
@@ -49,12 +54,21 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def defer_task(session: Session, name: str, args: list[Any], *, queue: str | None = None) -> None:
-    """Queue a Celery task to be sent only after this session's transaction commits."""
-    session.info.setdefault("outbox", []).append((name, args, queue))
+def defer_task(
+    session: Session,
+    name: str,
+    args: list[Any],
+    *,
+    queue: str | None = None,
+    priority: int = 0,
+) -> None:
+    """Queue a Celery task to be sent only after this session's transaction commits;
+    ``priority``: :func:`store.queue.fair_priority` (0 goes first)."""
+    session.info.setdefault("outbox", []).append((name, args, queue, priority))
 
 
-async def db_slot(services: ServicesDep) -> AsyncIterator[None]:
+@asynccontextmanager
+async def db_slot_held(services: Services) -> AsyncIterator[None]:
     """Wait, on the event loop, for one of ``KDSERVE_DATABASE_POOL_SIZE`` session slots.
 
     A request's session keeps its pooled connection between the thread-pool calls that make
@@ -63,7 +77,9 @@ async def db_slot(services: ServicesDep) -> AsyncIterator[None]:
     thread to finish, until the pool times out (30 s). With at most as many sessions as the
     pool holds, a session always gets its connection and the rest of the requests queue here.
     A request that waits longer than the pool's own timeout gets a 503 with Retry-After, as
-    a pool timeout would give it (slow uploads hold their slot while they stream).
+    a pool timeout would give it. No request holds a slot while it waits on its client:
+    bodies are read before the session opens (JSON) or without one (uploads,
+    :func:`in_transaction`).
     """
     try:
         with anyio.fail_after(DB_SLOT_TIMEOUT_S):
@@ -74,6 +90,11 @@ async def db_slot(services: ServicesDep) -> AsyncIterator[None]:
         yield
     finally:
         services.db_slots.release()
+
+
+async def db_slot(services: ServicesDep) -> AsyncIterator[None]:
+    async with db_slot_held(services):
+        yield
 
 
 def get_session(
@@ -91,9 +112,30 @@ def get_session(
     finally:
         outbox = session.info.pop("outbox", [])
         session.close()
-    for name, args, queue in outbox:
+    _send(services, outbox)
+
+
+async def in_transaction(services: Services, work: Callable[[Session], T]) -> T:
+    """``work`` in one short transaction of its own, holding a session slot only meanwhile
+    (for requests that must not hold one throughout, like uploads); the tasks it deferred
+    are sent after the commit."""
+    async with db_slot_held(services):
+        return await run_in_threadpool(_transaction, services, work)
+
+
+def _transaction(services: Services, work: Callable[[Session], T]) -> T:
+    with services.sessions() as session:
+        with session.begin():
+            result = work(session)
+        outbox = session.info.pop("outbox", [])
+    _send(services, outbox)
+    return result
+
+
+def _send(services: Services, outbox: list[tuple[str, list[Any], str | None, int]]) -> None:
+    for name, args, queue, priority in outbox:
         try:
-            services.celery.send_task(name, args=args, queue=queue)
+            services.celery.send_task(name, args=args, queue=queue, priority=priority)
         except Exception:  # the reaper re-sends jobs left queued; never fail a committed write
             log.exception("could not send %s%s; the reaper will retry", name, args)
 
@@ -104,22 +146,24 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer kds_...`")
 
+DENIED = (
+    "missing or invalid API key: send `Authorization: Bearer <key>` with a key from "
+    "`kdserve keys create`"
+)
 
-def get_tenant(
-    session: SessionDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Tenant:
-    denied = Unauthorized(
-        "missing or invalid API key: send `Authorization: Bearer <key>` with a key from "
-        "`kdserve keys create`",
-        headers={"WWW-Authenticate": "Bearer"},
-    )
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise denied
-    key = credentials.credentials
+
+def unauthorized() -> Unauthorized:
+    return Unauthorized(DENIED, headers={"WWW-Authenticate": "Bearer"})
+
+
+def authenticate(session: Session, authorization: str | None) -> Tenant | None:
+    """The tenant whose key the ``Authorization`` header carries, else None."""
+    scheme, key = get_authorization_scheme_param(authorization)
+    if scheme.lower() != "bearer" or not key:
+        return None
     prefix = keys.split_prefix(key)
     if prefix is None:
-        raise denied
+        return None
     row = session.execute(
         select(ApiKey, Tenant)
         .join(Tenant, Tenant.id == ApiKey.tenant_id)
@@ -128,8 +172,20 @@ def get_tenant(
     # Compare even when no row matched, so timing does not tell whether the prefix exists.
     stored = row[0].key_hash if row else keys.hash_key("kds_000000000000_x")
     if not keys.matches(key, stored) or row is None:
-        raise denied
+        return None
     tenant: Tenant = row[1]
+    return tenant
+
+
+def get_tenant(
+    request: Request,
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Tenant:
+    """The caller's tenant, as :class:`api.kit.gate.Gate` found it before the body was read
+    (the bearer dependency only documents the scheme in the OpenAPI schema)."""
+    tenant: Tenant | None = getattr(request.state, "tenant", None)
+    if tenant is None:
+        raise unauthorized()
     return tenant
 
 

@@ -76,12 +76,48 @@ class Invalid(KDServeError):
     status_code, code, title = 422, "invalid", "Invalid request"
 
 
+class OverLimit(Invalid):
+    """A job whose cost (parameters, MACs, memory, samples × epochs) passes a service limit."""
+
+    code, title = "over_limit", "Over a service limit"
+
+
 class TooManyRequests(KDServeError):
     status_code, code, title = 429, "limit_reached", "Limit reached"
 
 
 class Unavailable(KDServeError):
     status_code, code, title = 503, "unavailable", "Service unavailable"
+
+
+class BodyRefused(StarletteHTTPException):
+    """Raised while a body is read (by :mod:`api.kit.gate`): a Starlette HTTPException, so
+    FastAPI's body parsing passes it on as it is instead of turning it into a 400."""
+
+    code = "http_error"
+    title = "Bad request"
+
+
+class BodyTooLarge(BodyRefused):
+    code, title = "too_large", "Payload too large"
+
+    def __init__(self, limit: int, setting: str) -> None:
+        super().__init__(
+            413,
+            f"the request body is larger than this endpoint's {limit:,}-byte limit ({setting}); "
+            "send a smaller body",
+        )
+
+
+class BodyTimeout(BodyRefused):
+    code, title = "timeout", "Request timeout"
+
+    def __init__(self, idle_s: float) -> None:
+        super().__init__(
+            408,
+            f"the request body stalled: nothing arrived for {idle_s:g} s "
+            "(KDSERVE_REQUEST_BODY_IDLE_TIMEOUT_S); send it again",
+        )
 
 
 def problem_response(
@@ -98,6 +134,33 @@ def problem_response(
         status_code=status,
         media_type=PROBLEM,
         headers=headers,
+    )
+
+
+def render(exc: KDServeError) -> JSONResponse:
+    return problem_response(
+        exc.status_code, exc.title, exc.message, exc.code, exc.errors, exc.headers
+    )
+
+
+def database_unavailable() -> JSONResponse:
+    # The database is restarting or unreachable: tell clients to come back, not a 500.
+    return problem_response(
+        503,
+        "Service unavailable",
+        "the database is unavailable; retry shortly",
+        "unavailable",
+        headers={"Retry-After": "5"},
+    )
+
+
+def busy() -> JSONResponse:
+    return problem_response(
+        503,
+        "Service unavailable",
+        "the server is busy; retry shortly",
+        "unavailable",
+        headers={"Retry-After": "2"},
     )
 
 
@@ -127,9 +190,7 @@ def _in_body(error: dict[str, Any]) -> dict[str, Any]:
 def install(app: FastAPI) -> None:
     @app.exception_handler(KDServeError)
     async def _kdserve(_r: Request, exc: KDServeError) -> JSONResponse:
-        return problem_response(
-            exc.status_code, exc.title, exc.message, exc.code, exc.errors, exc.headers
-        )
+        return render(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_r: Request, exc: RequestValidationError) -> JSONResponse:
@@ -138,6 +199,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc, BodyRefused):
+            return problem_response(exc.status_code, exc.title, exc.detail, exc.code)
         detail = exc.detail if isinstance(exc.detail, str) else "request failed"
         headers = getattr(exc, "headers", None)
         if exc.status_code == 405:
@@ -167,21 +230,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(OperationalError)
     async def _db_down(_r: Request, _exc: OperationalError) -> JSONResponse:
-        # The database is restarting or unreachable: tell clients to come back, not a 500.
-        return problem_response(
-            503,
-            "Service unavailable",
-            "the database is unavailable; retry shortly",
-            "unavailable",
-            headers={"Retry-After": "5"},
-        )
+        return database_unavailable()
 
     @app.exception_handler(PoolTimeout)
     async def _pool(_r: Request, _exc: PoolTimeout) -> JSONResponse:
-        return problem_response(
-            503,
-            "Service unavailable",
-            "the server is busy; retry shortly",
-            "unavailable",
-            headers={"Retry-After": "2"},
-        )
+        return busy()

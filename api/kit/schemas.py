@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from api.kit.errors import Invalid
+from kdcore.contract import MAX_INPUT_VALUES, load_json
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 200
 
 
 def parse_shape(value: Any, field: str = "input_shape") -> list[int]:
-    """``[3, 32, 32]``, ``"3,32,32"`` or ``"[3, 32, 32]"`` → positive ints."""
+    """``[3, 32, 32]``, ``"3,32,32"`` or ``"[3, 32, 32]"`` → positive ints, at most
+    ``MAX_INPUT_VALUES`` values in all."""
     if isinstance(value, str):
         text = value.strip()
         try:
             value = (
-                json.loads(text)
+                load_json(text)
                 if text.startswith("[")
-                else [int(p) for p in text.replace("x", ",").split(",")]
+                else [int(p) for p in text.replace("x", ",").split(",", 4)]
             )
-        except ValueError:  # an empty or non-numeric part: "3,,32", "3,x"
+        except ValueError:  # an empty or non-numeric part ("3,,32", "3,x"), or bad JSON
             value = None
     if (
         not isinstance(value, list)
@@ -30,6 +33,10 @@ def parse_shape(value: Any, field: str = "input_shape") -> list[int]:
         or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value)
     ):
         raise Invalid(f"{field} must be 1 to 4 positive integers such as 3,32,32")
+    if math.prod(value) > MAX_INPUT_VALUES:
+        raise Invalid(
+            f"{field} {value} has more than the {MAX_INPUT_VALUES:,} values per sample supported"
+        )
     return value
 
 
@@ -48,7 +55,7 @@ def parse_json_object(value: str | None, field: str) -> dict[str, Any] | None:
     if value is None or value == "":
         return None
     try:
-        obj = json.loads(value)
+        obj = load_json(value)
     except json.JSONDecodeError as exc:
         raise Invalid(f"{field} is not valid JSON: {exc}") from exc
     if not isinstance(obj, dict):

@@ -3,33 +3,56 @@ in the query string (:func:`receive`). Uploads stream into object storage chunk 
 hashed on the way, never held whole in memory; an upload over the size limit or the tenant's
 stored-bytes quota is cut off with 413 and leaves nothing behind; bytes the tenant already
 stored are kept once (:func:`record_blob`). What happens to the upload next is
-:mod:`api.kit.catalog`."""
+:mod:`api.kit.catalog`.
+
+An upload holds no database session while its body arrives: :func:`upload_slot` takes one
+of the tenant's upload slots in a short transaction, the file streams (:func:`store_upload`),
+and :func:`record_upload` records it in another, counting the quota exactly."""
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
 from typing import Any
 
+import anyio
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
+from starlette.types import Message
 
-from api.kit.deps import Services
+from api.kit.deps import Services, in_transaction
 from api.kit.errors import (
     Invalid,
+    KDServeError,
     PayloadTooLarge,
     QuotaExceeded,
+    TooManyRequests,
     Unavailable,
     UnsupportedMediaType,
 )
 from store.blobs import BlobStore, StorageError, StoredObject
-from store.models import Blob, Tenant
-from store.repositories.catalog import find_or_add_blob, stored_bytes
+from store.models import Blob, Tenant, utcnow
+from store.repositories.catalog import Upload, find_or_add_blob, stored_bytes
+from store.repositories.limits import (
+    live_upload_slots,
+    lock_tenant,
+    release_upload_slot,
+    renew_upload_slot,
+    take_upload_slot,
+    validating,
+)
 from store.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,13 +72,16 @@ class Quota:
     def check(self, incoming: int) -> None:
         """Refuse ``incoming`` more bytes if they do not fit."""
         if self.used + incoming > self.limit:
-            raise QuotaExceeded(
-                f"this upload ({incoming:,} bytes or more) does not fit: the tenant's teachers "
-                f"and datasets use {self.used:,} of its {self.limit:,} stored bytes "
-                "(KDSERVE_MAX_STORED_BYTES_PER_TENANT); delete teachers or datasets you no "
-                "longer need (DELETE /v1/teachers/{id}, /v1/datasets/{id}) or ask the operator "
-                "for a larger limit"
-            )
+            raise self.refusal(incoming)
+
+    def refusal(self, incoming: int) -> QuotaExceeded:
+        return QuotaExceeded(
+            f"this upload ({incoming:,} bytes or more) does not fit: the tenant's teachers "
+            f"and datasets use {self.used:,} of its {self.limit:,} stored bytes "
+            "(KDSERVE_MAX_STORED_BYTES_PER_TENANT); delete teachers or datasets you no "
+            "longer need (DELETE /v1/teachers/{id}, /v1/datasets/{id}) or ask the operator "
+            "for a larger limit"
+        )
 
     def check_declared(self, content_length: str | None) -> None:
         """Refuse before reading the body when its declared length already does not fit."""
@@ -141,20 +167,159 @@ async def receive(
     raise UnsupportedMediaType(unsupported)
 
 
+@dataclass(frozen=True)
+class Slot:
+    """An upload in progress (:func:`upload_slot`): its row, the tenant's quota as it stood
+    when the upload started, and the request to read the upload from."""
+
+    id: uuid.UUID
+    quota: Quota
+    request: Request  # reads the body through a receive that keeps the slot alive
+
+
+@asynccontextmanager
+async def upload_slot(request: Request, services: Services, tenant: Tenant) -> AsyncIterator[Slot]:
+    """Take one of the tenant's upload slots for the time the upload streams.
+
+    No database session is held while the body arrives: the slot is a row, taken in a short
+    transaction under the tenant's row lock (so concurrent uploads are counted atomically),
+    kept alive while bytes arrive, and deleted at the end. A slot whose API process died
+    expires by itself (twice ``KDSERVE_REQUEST_BODY_IDLE_TIMEOUT_S`` after its last bytes).
+
+    Raises:
+        TooManyRequests: the tenant has ``KDSERVE_MAX_CONCURRENT_UPLOADS_PER_TENANT`` uploads
+            streaming, or ``KDSERVE_MAX_VALIDATING_UPLOADS_PER_TENANT`` teachers and
+            datasets waiting for validation (uploads in progress included).
+    """
+    settings = services.settings
+    ttl = timedelta(seconds=2 * settings.request_body_idle_timeout_s)
+    slot_id, quota = await in_transaction(
+        services, partial(_take_slot, settings=settings, tenant_id=tenant.id, ttl=ttl)
+    )
+    reading = _renewing(request, services, slot_id, ttl)
+    try:
+        yield Slot(slot_id, quota, reading)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await reading.close()  # a multipart form's spooled file goes at once
+            try:
+                await in_transaction(services, partial(release_upload_slot, slot_id=slot_id))
+            except Exception as exc:  # it expires by itself
+                log.warning("could not release upload slot %s: %s", slot_id, exc)
+
+
+def _take_slot(
+    session: Session, *, settings: Settings, tenant_id: uuid.UUID, ttl: timedelta
+) -> tuple[uuid.UUID, Quota]:
+    tenant = lock_tenant(session, tenant_id)
+    now = utcnow()
+    uploading = live_upload_slots(session, tenant_id, now=now)
+    limit = settings.max_concurrent_uploads_per_tenant
+    if uploading >= limit:
+        raise TooManyRequests(
+            f"this tenant already has {uploading} uploads in progress, its limit "
+            "(KDSERVE_MAX_CONCURRENT_UPLOADS_PER_TENANT); wait for one to finish, then retry",
+            headers={"Retry-After": "10"},
+        )
+    check_validations(session, settings, tenant_id, uploading=uploading)
+    quota = Quota.of(session, settings, tenant)
+    return take_upload_slot(session, tenant_id, now=now, ttl=ttl), quota
+
+
+def check_validations(
+    session: Session, settings: Settings, tenant_id: uuid.UUID, *, uploading: int | None = None
+) -> int:
+    """How many of the tenant's teachers and datasets wait for validation (its rank for the
+    next one, :func:`store.queue.fair_priority`); call under the tenant's row lock.
+
+    Raises:
+        TooManyRequests: with uploads in progress, one more would pass
+            ``KDSERVE_MAX_VALIDATING_UPLOADS_PER_TENANT``.
+    """
+    waiting = validating(session, tenant_id)
+    if uploading is None:
+        uploading = live_upload_slots(session, tenant_id, now=utcnow())
+    limit = settings.max_validating_uploads_per_tenant
+    if waiting + uploading >= limit:
+        raise TooManyRequests(
+            f"this tenant has {waiting} teachers and datasets waiting for validation and "
+            f"{uploading} uploads in progress, its limit of {limit} "
+            "(KDSERVE_MAX_VALIDATING_UPLOADS_PER_TENANT); wait until some are ready or "
+            "invalid (GET /v1/teachers, GET /v1/datasets), then retry",
+            headers={"Retry-After": "30"},
+        )
+    return waiting
+
+
+def _renewing(request: Request, services: Services, slot_id: uuid.UUID, ttl: timedelta) -> Request:
+    """``request`` reading its body through a receive that pushes the slot's expiry forward
+    (at most every quarter of ``ttl``) while bytes arrive. Bytes arrive at least once per
+    idle timeout (half of ``ttl``) or the request is cut off, so a live upload's slot never
+    expires."""
+    every = ttl.total_seconds() / 4
+    due = time.monotonic() + every
+
+    async def receive() -> Message:
+        nonlocal due
+        message = await request.receive()
+        if time.monotonic() >= due:
+            due = time.monotonic() + every
+            renew = partial(renew_upload_slot, slot_id=slot_id, now=utcnow(), ttl=ttl)
+            await in_transaction(services, renew)
+        return message
+
+    return Request(request.scope, receive)
+
+
 async def store_upload(
-    incoming: Incoming, *, session: Session, services: Services, tenant: Tenant
+    incoming: Incoming, *, services: Services, tenant: Tenant, slot: Slot
 ) -> StoredObject:
-    """Stream the upload's file into storage, within the size limit and the tenant's quota.
-    Check its fields first: a refusal then stores nothing."""
-    quota = await run_in_threadpool(Quota.of, session, services.settings, tenant)
-    quota.check_declared(incoming.declared)
+    """Stream the upload's file into storage, within the size limit and the tenant's quota
+    (as it stood when the upload started; :func:`record_upload` checks it exactly). Check
+    its fields first: a refusal then stores nothing."""
+    slot.quota.check_declared(incoming.declared)
     return await stream_to_storage(
         incoming.chunks,
         store=services.store,
         tenant_id=tenant.id,
         limit=services.settings.max_upload_bytes,
-        quota=quota,
+        quota=slot.quota,
     )
+
+
+async def record_upload(
+    services: Services,
+    *,
+    tenant: Tenant,
+    slot: Slot,
+    obj: StoredObject,
+    create: Callable[[Session, Tenant], Upload],
+) -> Upload:
+    """Record a stored upload in one short transaction under the tenant's row lock: its slot
+    is released, ``create`` adds its row, and the tenant's stored bytes are counted exactly
+    with it. Over the quota (uploads that raced past the check made while streaming), or
+    refused by ``create``, nothing is kept: the row rolls back and the object is deleted.
+    """
+
+    def record(session: Session) -> Upload:
+        locked = lock_tenant(session, tenant.id)
+        release_upload_slot(session, slot_id=slot.id)
+        before = Quota.of(session, services.settings, locked)
+        row = create(session, locked)
+        session.flush()
+        after = stored_bytes(session, tenant.id)
+        if after > before.limit:
+            raise before.refusal(obj.size)
+        return row
+
+    try:
+        return await in_transaction(services, record)
+    except KDServeError:
+        try:
+            await run_in_threadpool(services.store.delete, obj.uri)
+        except StorageError as exc:
+            log.warning("could not delete the refused upload %s: %s", obj.uri, exc)
+        raise
 
 
 async def stream_to_storage(

@@ -10,6 +10,7 @@ from api.jobs.schemas import ArtifactPublic
 from api.kit.deps import ServicesDep, SessionDep, TenantDep, parse_id
 from api.kit.errors import NotFound, problems
 from api.kit.pagination import decode_cursor, split_page
+from api.kit.routing import BoundedJsonRoute
 from api.kit.schemas import DEFAULT_PAGE, MAX_PAGE
 from store.models import Sweep, Tenant
 from store.repositories.jobs import JobRepository
@@ -18,7 +19,7 @@ from store.repositories.sweeps import SweepRepository
 from . import service
 from .schemas import SweepArtifactList, SweepCreate, SweepList, SweepPublic
 
-router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"])
+router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], route_class=BoundedJsonRoute)
 
 
 def _sweep(session: SessionDep, tenant: Tenant, sweep_id: str) -> Sweep:
@@ -36,7 +37,7 @@ def _public(session: SessionDep, tenant: Tenant, sweep: Sweep) -> SweepPublic:
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=SweepPublic,
-    responses=problems(401, 409, 422, 429),
+    responses=problems(401, 409, 413, 422, 429),
 )
 def submit_sweep(
     body: SweepCreate,

@@ -13,6 +13,9 @@ from kdcore.contract import HintConfig
 from store.models import JobStatus
 
 SweepMetric = Literal["val_accuracy", "val_nll"]
+# Values of one grid field: far more than a sweep may have points (its limit is a setting,
+# KDSERVE_MAX_SWEEP_POINTS_PER_TENANT), so that the grid's own checks stay bounded.
+MAX_GRID_VALUES = 1_000
 
 
 class SweepGrid(BaseModel):
@@ -22,20 +25,30 @@ class SweepGrid(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     temperature: list[float] | None = Field(
-        default=None, min_length=1, description="config.temperature"
+        default=None, min_length=1, max_length=MAX_GRID_VALUES, description="config.temperature"
     )
-    alpha: list[float] | None = Field(default=None, min_length=1, description="config.alpha")
-    lr: list[float] | None = Field(default=None, min_length=1, description="config.lr")
+    alpha: list[float] | None = Field(
+        default=None, min_length=1, max_length=MAX_GRID_VALUES, description="config.alpha"
+    )
+    lr: list[float] | None = Field(
+        default=None, min_length=1, max_length=MAX_GRID_VALUES, description="config.lr"
+    )
     hint: list[HintConfig] | None = Field(
         default=None,
         min_length=1,
+        max_length=MAX_GRID_VALUES,
         description="config.hint (FitNets layer pairs); fields left out of one keep the base "
         "hint's values",
     )
     hint_epochs: list[int] | None = Field(
-        default=None, min_length=1, description="config.hint.epochs (FitNets stage 1)"
+        default=None,
+        min_length=1,
+        max_length=MAX_GRID_VALUES,
+        description="config.hint.epochs (FitNets stage 1)",
     )
-    seed: list[int] | None = Field(default=None, min_length=1, description="config.seed")
+    seed: list[int] | None = Field(
+        default=None, min_length=1, max_length=MAX_GRID_VALUES, description="config.seed"
+    )
 
     @field_validator("*")
     @classmethod

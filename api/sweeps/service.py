@@ -17,10 +17,12 @@ from api.jobs import service as jobs_service
 from api.jobs.schemas import JobCreate, JobError
 from api.kit.deps import defer_task
 from api.kit.errors import Conflict, Invalid, NotFound, TooManyRequests
+from api.kit.idempotency import check_same_request, request_hash
 from kdcore.contract import DistillConfig, epoch_rank, epochs_before_stage
 from store.models import Job, JobStatus, MetricPoint, Sweep, Tenant
-from store.queue import RUN_JOB
+from store.queue import RUN_JOB, fair_priority
 from store.repositories.jobs import JobRepository
+from store.repositories.limits import lock_tenant, pending_jobs
 from store.repositories.sweeps import SweepRepository
 from store.settings import Settings
 
@@ -41,9 +43,11 @@ def submit(
     """Check every point, then create the sweep and one queued job per point; returns
     ``(sweep, created)`` (False: an idempotent retry)."""
     sweeps = SweepRepository(session, tenant.id)
+    sent = request_hash(body)
     if idempotency_key:
         existing = sweeps.by_idempotency_key(idempotency_key)
         if existing is not None:
+            check_same_request(idempotency_key, existing.request_hash, sent, what="sweep")
             return existing, False
     base = body.base
     limit = settings.max_sweep_points_per_tenant
@@ -62,9 +66,15 @@ def submit(
         )
     points = grid.expand(body.grid, base.config, scratch=body.scratch)
     checked = [
-        jobs_service.check(session, tenant=tenant, body=_job_request(base, p), at=_located(p))
+        jobs_service.check(
+            session, settings=settings, tenant=tenant, body=_job_request(base, p), at=_located(p)
+        )
         for p in points
     ]
+    # Count and insert under the tenant's row lock (store.repositories.limits).
+    lock_tenant(session, tenant.id)
+    if idempotency_key and (existing := sweeps.by_idempotency_key(idempotency_key)):
+        return existing, False  # the same key committed while this request waited
     active = JobRepository(session, tenant.id).active_count(in_sweeps=True)
     if active + len(points) > limit:
         raise TooManyRequests(
@@ -74,6 +84,7 @@ def submit(
             headers={"Retry-After": "60"},
         )
 
+    rank = pending_jobs(session, tenant.id)  # points queue behind the tenant's own jobs
     sweep_id = uuid.uuid4()
     name = body.name or base.name or ""
     jobs = [
@@ -85,6 +96,7 @@ def submit(
         tenant_id=tenant.id,
         name=name,
         idempotency_key=idempotency_key,
+        request_hash=sent if idempotency_key else None,
         base=base.model_dump(mode="json"),
         grid=body.grid.model_dump(mode="json", exclude_unset=True),
         metric=body.metric,
@@ -101,9 +113,11 @@ def submit(
         existing = sweeps.by_idempotency_key(idempotency_key or "")
         if existing is None:
             raise
+        check_same_request(idempotency_key or "", existing.request_hash, sent, what="sweep")
         return existing, False
-    for job in jobs:
-        defer_task(session, RUN_JOB, [str(job.id)], queue=settings.queue)
+    for i, job in enumerate(jobs):
+        priority = fair_priority(rank + i)
+        defer_task(session, RUN_JOB, [str(job.id)], queue=settings.queue, priority=priority)
     return sweep, True
 
 

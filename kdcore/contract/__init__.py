@@ -1,10 +1,12 @@
 """kdcore's job contract: the one typed language of a job, from the HTTP body to the loop.
 
 Torch-free (the API imports it): architecture specs and their family registry, layer
-paths and shapes worked out from a spec, the training config and its stage plan, the
-FitNets regressor rule, and the one way a violation is worded for the user.
+paths, shapes and cost worked out from a spec, the training config and its stage plan, the
+FitNets regressor rule, the bounds every field and JSON text keeps, and the one way a
+violation is worded for the user.
 """
 
+from kdcore.contract.bounds import MAX_CLASSES, MAX_INPUT_VALUES, MAX_JSON_DEPTH, load_json
 from kdcore.contract.config import (
     AUTO,
     CACHE_ENTRY_MAX_BYTES,
@@ -17,6 +19,7 @@ from kdcore.contract.config import (
     parse_config,
     plan_stages,
 )
+from kdcore.contract.cost import ModelCost, model_cost
 from kdcore.contract.errors import SpecError, explain_errors, parse_json_model, summarize
 
 # Importing the built-in families registers them.
@@ -41,6 +44,10 @@ from kdcore.contract.regressor import RegressorError, RegressorPlan, check_hint,
 __all__ = [
     "AUTO",
     "CACHE_ENTRY_MAX_BYTES",
+    "MAX_CLASSES",
+    "MAX_INPUT_VALUES",
+    "MAX_JSON_DEPTH",
+    "ModelCost",
     "ArchSpec",
     "CnnSpec",
     "DistillConfig",
@@ -68,6 +75,8 @@ __all__ = [
     "get_family",
     "layer_paths",
     "layer_shapes",
+    "load_json",
+    "model_cost",
     "parse_arch",
     "parse_config",
     "parse_json_model",

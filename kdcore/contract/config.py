@@ -50,6 +50,9 @@ val_split                 0.1              fraction of training data held out fo
 seed                      0
 ========================  ===============  ==================================================
 
+Every number has a finite range (the fields' ``Field`` bounds, stated in the JSON Schema;
+docs/specs.md, "Bounds"), and ``NaN`` or infinite values are refused.
+
 ``teacher_views`` matters only when a run uses a teacher cache (``kdserve distill
 --cache-dir``, or a service job with ``KDSERVE_TEACHER_CACHE`` on, the default), a teacher,
 and augmentation; without augmentation the cache holds one view,
@@ -71,6 +74,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, model_validator
 
+from kdcore.contract.bounds import MAX_PATH_LENGTH
 from kdcore.contract.errors import parse_json_model
 
 StageName = Literal["scratch", "hint", "kd"]
@@ -122,10 +126,10 @@ class HintConfig(BaseModel):
     ReLUs (seen on the digits demo with lr 0.01 on an 8×8 hint; 1e-3 trains well).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    teacher_layer: str = Field(default=AUTO, min_length=1)
-    student_layer: str = Field(default=AUTO, min_length=1)
+    teacher_layer: str = Field(default=AUTO, min_length=1, max_length=MAX_PATH_LENGTH)
+    student_layer: str = Field(default=AUTO, min_length=1, max_length=MAX_PATH_LENGTH)
     epochs: int = Field(default=5, gt=0, le=10_000)
     lr: float | None = Field(default=None, gt=0, le=10)
 
@@ -145,7 +149,7 @@ class HintConfig(BaseModel):
 
 
 class DistillConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     method: Literal["scratch", "kd", "fitnet"]
     epochs: int = Field(default=10, gt=0, le=10_000)
@@ -154,9 +158,13 @@ class DistillConfig(BaseModel):
     lr: float = Field(default=0.05, gt=0, le=10)
     momentum: float = Field(default=0.9, ge=0, lt=1)
     nesterov: bool = False
-    weight_decay: float = Field(default=5e-4, ge=0)
+    weight_decay: float = Field(default=5e-4, ge=0, le=1)
     schedule: Literal["cosine", "multistep", "constant"] = "cosine"
-    milestones: list[float] = Field(default_factory=lambda: [0.5, 0.75])
+    milestones: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        default_factory=lambda: [0.5, 0.75],
+        max_length=100,
+        description="multistep: fractions of the stage's length (its optimizer steps)",
+    )
     gamma: float = Field(default=0.1, gt=0, le=1)
     temperature: Annotated[float | Auto, *_number_or_auto(0, 1000, open_low=True)] = 4.0
     alpha: Annotated[float | Auto, *_number_or_auto(0, 1, open_low=False)] = 0.1
@@ -182,7 +190,7 @@ class DistillConfig(BaseModel):
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     val_split: float = Field(default=0.1, ge=0, lt=1)
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)  # numpy's seeds are 32-bit
 
     @property
     def augments(self) -> bool:
@@ -204,11 +212,6 @@ class DistillConfig(BaseModel):
     def _method_fields(self) -> DistillConfig:
         if self.method != "fitnet" and self.hint is not None:
             raise ValueError(f'"hint" applies to method "fitnet" only, not {self.method!r}')
-        if any(not 0 < m < 1 for m in self.milestones):
-            raise ValueError(
-                "milestones are fractions of the stage's length (its optimizer steps), "
-                "each in (0, 1)"
-            )
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("nesterov needs optimizer 'sgd' with momentum > 0")
         return self

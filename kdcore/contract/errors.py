@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from kdcore.contract.bounds import load_json
+
 
 class SpecError(ValueError):
     """A spec or config that does not parse, or cannot take the data; the message says why.
@@ -48,7 +50,12 @@ def explain_errors(
             msg = "unknown field; remove it or check its spelling"
         elif kind == "value_error":  # our validators' own words, without pydantic's label
             msg = msg.removeprefix("Value error, ")
-        out.append({"loc": [*prefix, *err.get("loc", ())], "msg": msg, "type": kind})
+        loc = [*prefix, *err.get("loc", ())]
+        if kind == "json_invalid":  # FastAPI's: loc ends in the character where JSON broke
+            pos = loc.pop() if loc and isinstance(loc[-1], int) else 0
+            at = f" at character {pos}" if pos else ""
+            msg = f"the body is not valid JSON{at}: {ctx.get('error', msg)}"
+        out.append({"loc": loc, "msg": msg, "type": kind})
     return out
 
 
@@ -69,7 +76,7 @@ def parse_json_model(model: type[M], data: str | bytes | Mapping[str, Any], *, w
         SpecError: ``invalid <what>: <field>: <what to change>; ...``.
     """
     try:
-        obj = json.loads(data) if isinstance(data, str | bytes) else data
+        obj = load_json(data) if isinstance(data, str | bytes) else data
     except json.JSONDecodeError as exc:
         raise SpecError(f"{what} is not valid JSON: {exc}") from exc
     try:

@@ -21,7 +21,9 @@ from __future__ import annotations
 import difflib
 import importlib
 import json
-from collections.abc import Callable, Mapping
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -35,6 +37,7 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
+from kdcore.contract.bounds import MAX_CLASSES, MAX_INPUT_VALUES, load_json
 from kdcore.contract.errors import SpecError, explain_errors, summarize
 
 if TYPE_CHECKING:
@@ -50,13 +53,15 @@ class Spec(BaseModel):
     part of a spec (they come from the data).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     family: str
 
 
 ShapeFn = Callable[[Any, Shape, int], dict[str, Shape]]
 BuildFn = Callable[[Any, Shape, int], "nn.Module"]
+# (spec, input shape, the layer shapes ShapeFn gave) → (parameters, MACs per sample)
+CostFn = Callable[[Any, Shape, Mapping[str, Shape]], tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -71,12 +76,18 @@ class Family:
             without torch. Raises :class:`SpecError` when the spec cannot take the input.
         build: ``build(spec, input_shape, num_classes) -> nn.Module``, or its import path
             ``"package.module:function"`` so that registering imports no torch.
+        cost: ``cost(spec, input_shape, shapes) -> (params, macs)``: the built model's
+            trainable parameters and its multiply-accumulates for one sample (convolutions
+            and linear layers, as :func:`kdcore.inspection.inspect_model` counts them),
+            without torch, from ``shapes`` (what ``shapes`` gave). Optional: without it
+            :func:`kdcore.contract.model_cost` knows a model's activations only.
     """
 
     name: str
     spec: type[Spec]
     shapes: ShapeFn
     build: BuildFn | str
+    cost: CostFn | None = None
 
     def builder(self) -> BuildFn:
         if not isinstance(self.build, str):
@@ -182,7 +193,7 @@ def parse_arch(data: str | bytes | Mapping[str, Any] | Spec) -> Spec:
     if isinstance(data, Spec):
         return data
     try:
-        obj = json.loads(data) if isinstance(data, str | bytes) else dict(data)
+        obj = load_json(data) if isinstance(data, str | bytes) else dict(data)
     except json.JSONDecodeError as exc:
         raise SpecError(f"architecture spec is not valid JSON: {exc}") from exc
     if not isinstance(obj, dict):
@@ -212,6 +223,13 @@ def layer_shapes(spec: Spec, input_shape: Shape, num_classes: int) -> dict[str, 
     """
     if num_classes < 2:
         raise SpecError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if num_classes > MAX_CLASSES:
+        raise SpecError(f"{num_classes:,} classes is more than the {MAX_CLASSES:,} supported")
+    if math.prod(input_shape) > MAX_INPUT_VALUES:
+        raise SpecError(
+            f"samples of shape {tuple(input_shape)} have more than the {MAX_INPUT_VALUES:,} "
+            "values per sample supported"
+        )
     return get_family(spec.family).shapes(spec, tuple(input_shape), num_classes)
 
 
@@ -220,12 +238,42 @@ def layer_paths(spec: Spec, input_shape: Shape, num_classes: int) -> list[str]:
     return list(layer_shapes(spec, input_shape, num_classes))
 
 
-def describe_missing_layer(path: str, valid: list[str]) -> str:
-    """A message naming the nearest valid paths to ``path``."""
+# The most paths the near-name search compares: difflib costs ~0.1 ms a path, and a model
+# may list tens of thousands (a deep resnet lists 8 per block).
+NEAR_CANDIDATES = 500
+
+
+def describe_missing_layer(path: str, valid: Sequence[str]) -> str:
+    """A message naming the nearest valid paths to ``path``.
+
+    The search is bounded: in a model with more than :data:`NEAR_CANDIDATES` paths it looks
+    under the deepest module of ``path`` that exists (``layer3.150`` for
+    ``layer3.150.conv``), or else among one path per naming pattern (``layer1.0.conv1`` for
+    every ``layer<i>.<j>.conv1``), at most that many, spread evenly.
+    """
     if not valid:
         return (
             f"no layer {path!r}: this model lists no layers (a TorchScript or torch.export "
             "model hides them); use method kd, or a weights file plus an architecture spec"
         )
-    near = difflib.get_close_matches(path, valid, n=5, cutoff=0.4) or valid[:5]
+    near = difflib.get_close_matches(path, _shortlist(path, valid), n=5, cutoff=0.4)
+    near = near or list(valid[:5])
     return f"no layer {path!r}; nearest valid paths: {', '.join(near)} ({len(valid)} in all)"
+
+
+def _shortlist(path: str, valid: Sequence[str]) -> Sequence[str]:
+    if len(valid) <= NEAR_CANDIDATES:
+        return valid
+    known, parts = set(valid), path.split(".")
+    parent = next(
+        (p for p in (".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)) if p in known),
+        None,
+    )
+    if parent is not None:
+        pool = [p for p in valid if p.startswith(f"{parent}.")]
+    else:
+        first: dict[str, str] = {}
+        for p in valid:
+            first.setdefault(re.sub(r"[0-9]+", "#", p), p)
+        pool = list(first.values())
+    return pool[:: math.ceil(len(pool) / NEAR_CANDIDATES)]

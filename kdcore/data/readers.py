@@ -29,10 +29,22 @@ Image folders: ``.zip``, ``.tar``, ``.tar.gz`` / ``.tgz``, ``.tar.bz2``, ``.tar.
     converted to RGB. ``x`` is ``uint8`` ``(N, C, H, W)``.
 
 Limits for untrusted uploads: ``max_samples`` (N), ``max_image_pixels`` (width × height of
-one image, checked from the header before decoding) and ``max_total_bytes``, which bounds the
+one image, checked from the header before decoding), ``max_total_bytes``, which bounds the
 uncompressed bytes read (declared sizes are checked before reading and actual bytes are
-counted while reading; a tar stream counts the members it skips, since it decompresses them),
-the size of the decoded array, and for ``.npz`` the arrays' sizes from their headers.
+counted while reading; a tar stream counts every byte it decompresses: the 512-byte header of
+each member, extended headers, padding and the members it skips; a zip counts its central
+directory), the size of the decoded array, and for ``.npz`` the arrays' sizes from their
+headers; and ``max_members``, the entries of an archive or folder (files, folders and links,
+images or not: each costs a header to read and parse, whatever its size), counted while
+streaming, so an archive of millions of empty members is refused at the first one over the
+limit (a zip's central directory is counted before :mod:`zipfile` reads it). A tar's extended
+headers (pax, GNU long names) are read whole, so each is capped at 1 MiB.
+
+Class names (folder names, or ``.npz``'s ``classes``) are checked too: at most
+:data:`MAX_CLASSES` classes, each name 1 to :data:`MAX_CLASS_NAME_CHARS` characters with no
+control, formatting or separator characters (and valid UTF-8 in an archive), and at most
+:data:`MAX_CLASS_NAMES_CHARS` characters together: they are stored, listed by the API and
+written into every report and exported student.
 """
 
 from __future__ import annotations
@@ -48,6 +60,7 @@ import os
 import stat
 import struct
 import tarfile
+import unicodedata
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -62,7 +75,7 @@ from PIL import Image
 
 from kdcore.data.dataset import DataError, Dataset
 
-__all__ = ["load_dataset"]
+__all__ = ["MAX_CLASSES", "MAX_CLASS_NAMES_CHARS", "MAX_CLASS_NAME_CHARS", "load_dataset"]
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _PIL_FORMATS = ("PNG", "JPEG")
@@ -75,7 +88,23 @@ _SUPPORTED = (
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error)
 _TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
 # Bounds label values, so one stray label cannot make per-class arrays of gigabytes.
-_MAX_CLASSES = 100_000
+MAX_CLASSES = 100_000
+MAX_CLASS_NAME_CHARS = 200
+# All names together: they travel in every validation result and report (a 100,000-class
+# dataset numbered 0 .. 99999 has 488,890 characters of names).
+MAX_CLASS_NAMES_CHARS = 1_000_000
+# Unicode categories refused in class names: control (Cc), format (Cf: bidi overrides,
+# zero-width characters), surrogates (Cs: bytes that were not UTF-8), line/paragraph separators.
+_BAD_NAME_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+# pax and GNU long-name headers hold a path or a few attributes; tarfile reads each one whole.
+_MAX_EXTENDED_HEADER = 1 << 20
+_EXTENDED_TYPES = (
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+)
 
 
 def load_dataset(
@@ -84,6 +113,7 @@ def load_dataset(
     max_samples: int | None = None,
     max_image_pixels: int = 4096 * 4096,
     max_total_bytes: int = 8 * 2**30,
+    max_members: int | None = None,
 ) -> Dataset:
     """Load a dataset from an ``.npz`` file or an image folder (archive or directory).
 
@@ -94,6 +124,8 @@ def load_dataset(
         max_samples: refuse datasets with more samples than this (``None``: no limit).
         max_image_pixels: refuse any image whose width × height is larger.
         max_total_bytes: refuse data whose uncompressed or decoded size is larger.
+        max_members: refuse archives and folders with more entries than this (``None``: no
+            limit; the service sets one for uploads).
 
     Raises:
         DataError: the file is missing, corrupt, of an unsupported format, breaks a limit or
@@ -101,10 +133,10 @@ def load_dataset(
     """
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be at least 1, got {max_samples}")
-    if max_image_pixels < 1 or max_total_bytes < 1:
-        raise ValueError("max_image_pixels and max_total_bytes must be positive")
+    if min(max_image_pixels, max_total_bytes, 1 if max_members is None else max_members) < 1:
+        raise ValueError("max_image_pixels, max_total_bytes and max_members must be positive")
     path = Path(path)
-    limits = _Limits(max_samples, max_image_pixels, max_total_bytes)
+    limits = _Limits(max_samples, max_image_pixels, max_total_bytes, max_members)
     if path.is_dir():
         return _load_folder(path, "dir", limits)
     if not path.is_file():
@@ -124,6 +156,7 @@ class _Limits:
     max_samples: int | None
     max_image_pixels: int
     max_total_bytes: int
+    max_members: int | None
 
     def check_samples(self, n: int, source: str) -> None:
         if self.max_samples is not None and n > self.max_samples:
@@ -134,12 +167,27 @@ class _Limits:
 
 
 class _Budget:
-    """Uncompressed bytes still allowed: the zip-bomb guard."""
+    """Uncompressed bytes and entries still allowed: the zip-bomb guard."""
 
-    def __init__(self, limit: int, source: str) -> None:
-        self.limit = limit
+    def __init__(self, limits: _Limits, source: str) -> None:
+        self.limit = limits.max_total_bytes
+        self.max_members = limits.max_members
         self.used = 0
+        self.members = 0
         self.source = source
+
+    def member(self, name: str) -> None:
+        """Count one entry (of any kind) about to be looked at."""
+        self.members += 1
+        self.check_members(self.members, name)
+
+    def check_members(self, total: int, name: str) -> None:
+        if self.max_members is not None and total > self.max_members:
+            raise DataError(
+                f"{self.source}: more than max_members={self.max_members} entries (files, "
+                f"folders and links, images or not; reached at {name!r}); remove what is not "
+                "an image, or send many small samples as one .npz file"
+            )
 
     def take(self, n: int, member: str) -> None:
         """Count ``n`` bytes actually read (or about to be decompressed) for ``member``."""
@@ -160,6 +208,7 @@ class _Budget:
 
 def _load_npz(path: Path, limits: _Limits) -> Dataset:
     source = path.name
+    _check_zip_directory(path, _Budget(limits, source))  # an .npz is a zip
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
@@ -197,10 +246,10 @@ def _load_npz(path: Path, limits: _Limits) -> Dataset:
         )
     classes = _npz_classes(arrays["classes"], source) if "classes" in arrays else None
     num_classes = len(classes) if classes is not None else int(y.max()) + 1
-    if num_classes > _MAX_CLASSES:
+    if num_classes > MAX_CLASSES:
         raise DataError(
             f"{source}: {num_classes} classes (labels up to {int(y.max())}); at most "
-            f"{_MAX_CLASSES} are supported; number the classes 0 .. K-1"
+            f"{MAX_CLASSES} are supported; number the classes 0 .. K-1"
         )
     if int(y.min()) < 0 or int(y.max()) >= num_classes:
         bad = int(y.min()) if int(y.min()) < 0 else int(y.max())
@@ -300,11 +349,53 @@ def _npz_classes(classes: npt.NDArray[Any], source: str) -> list[str]:
             f"{source}: classes must be a 1-D string array such as np.array(names, dtype=str), "
             f"got dtype {classes.dtype} shape {classes.shape}"
         )
-    names = [c.decode() if isinstance(c, bytes) else str(c) for c in classes.tolist()]
+    if classes.shape[0] > MAX_CLASSES:
+        raise DataError(
+            f"{source}: classes holds {classes.shape[0]} names; at most {MAX_CLASSES} classes "
+            "are supported"
+        )
+    try:
+        names = [c.decode() if isinstance(c, bytes) else str(c) for c in classes.tolist()]
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{source}: class names must be UTF-8 text ({exc}); save them with dtype=str"
+        ) from exc
+    _check_class_names(names, source)
     if len(set(names)) != len(names):
         dupes = sorted(c for c, k in collections.Counter(names).items() if k > 1)
         raise DataError(f"{source}: class names must be unique; repeated: {', '.join(dupes)}")
     return names
+
+
+def _check_class_names(names: list[str], source: str) -> None:
+    """Refuse class names that would be unsafe or unbounded to store, list and show."""
+    if len(names) > MAX_CLASSES:
+        raise DataError(f"{source}: {len(names)} classes; at most {MAX_CLASSES} are supported")
+    total = 0
+    for name in names:
+        if not 1 <= len(name) <= MAX_CLASS_NAME_CHARS:
+            shown = f"{name[:40]!r}..." if name else "''"
+            raise DataError(
+                f"{source}: class name {shown} has {len(name)} characters; names must have "
+                f"1 to {MAX_CLASS_NAME_CHARS}"
+            )
+        bad = next((c for c in name if unicodedata.category(c) in _BAD_NAME_CATEGORIES), None)
+        if bad is not None:
+            what = (
+                "bytes that are not UTF-8"
+                if unicodedata.category(bad) == "Cs"
+                else (f"the control or invisible character U+{ord(bad):04X}")
+            )
+            raise DataError(
+                f"{source}: class name {name!r} holds {what}; use printable names such as "
+                "'airplane'"
+            )
+        total += len(name)
+        if total > MAX_CLASS_NAMES_CHARS:
+            raise DataError(
+                f"{source}: the class names together are longer than {MAX_CLASS_NAMES_CHARS} "
+                "characters; use shorter names"
+            )
 
 
 # ----------------------------------------------------------------------------- image folders
@@ -321,11 +412,12 @@ class _Member:
 
 def _load_folder(path: Path, kind: str, limits: _Limits) -> Dataset:
     source = path.name
-    budget = _Budget(limits.max_total_bytes, source)
+    budget = _Budget(limits, source)
     if kind == "dir":
         return _build_folder(_dir_members(path, budget, limits), source, limits)
     if kind == "tar":
         return _build_folder(_tar_members(path, budget, limits), source, limits)
+    _check_zip_directory(path, budget)
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
@@ -353,8 +445,9 @@ def _member_parts(name: str, source: str) -> tuple[str, ...] | None:
 
 def _zip_members(zf: zipfile.ZipFile, budget: _Budget, limits: _Limits) -> list[_Member]:
     members: list[_Member] = []
-    declared = 0
+    declared = budget.used  # the central directory
     for info in zf.infolist():
+        budget.member(info.filename)
         parts = _member_parts(info.filename, budget.source)
         if info.is_dir() or parts is None:
             continue
@@ -367,6 +460,47 @@ def _zip_members(zf: zipfile.ZipFile, budget: _Budget, limits: _Limits) -> list[
         members.append(_Member(parts, info.filename, _zip_reader(zf, info, budget)))
         limits.check_samples(len(members), budget.source)
     return members
+
+
+def _check_zip_directory(path: Path, budget: _Budget) -> None:
+    """Count a zip's central directory against the budget before :mod:`zipfile` reads it.
+
+    ``zipfile`` reads the whole directory and builds an object per entry when it opens the
+    file, and the entry count in the end record may lie, so the entries are counted from the
+    directory itself, 46 fixed bytes and three lengths each, stopping past ``max_members``.
+    Its bytes count as read. Nothing is checked when there is no directory to find (zipfile
+    then says what is wrong).
+    """
+    # The end record's reader and field indices are private, but have been stable for ages.
+    zf: Any = zipfile
+    try:
+        with path.open("rb") as fp:
+            end = zf._EndRecData(fp)
+            if not end:
+                return
+            size = end[zf._ECD_SIZE]
+            budget.check(size, "(central directory)")
+            budget.used += size
+            # The directory ends where the end record (or the zip64 end record and its
+            # locator) begins, whatever its stated offset (data may precede the archive).
+            start = end[zf._ECD_LOCATION] - size
+            if end[zf._ECD_SIGNATURE] == zf.stringEndArchive64:
+                start -= zf.sizeEndCentDir64 + zf.sizeEndCentDir64Locator
+            if start < 0:
+                return
+            fp.seek(start)
+            seen = count = 0
+            while seen < size:
+                head = fp.read(46)
+                if len(head) != 46 or head[:4] != b"PK\x01\x02":
+                    return
+                name, extra, comment = struct.unpack_from("<HHH", head, 28)
+                fp.seek(name + extra + comment, os.SEEK_CUR)
+                seen += 46 + name + extra + comment
+                count += 1
+                budget.check_members(count, f"(central directory entry {count})")
+    except (OSError, struct.error):
+        return
 
 
 def _zip_reader(zf: zipfile.ZipFile, info: zipfile.ZipInfo, budget: _Budget) -> Callable[[], bytes]:
@@ -397,12 +531,17 @@ def _tar_members(path: Path, budget: _Budget, limits: _Limits) -> list[_Member]:
             tf = stack.enter_context(
                 tarfile.open(fileobj=stream, mode="r|", tarinfo=_StrictTarInfo)
             )
-            for info in tf:
+            while (info := tf.next()) is not None:
+                # Stream mode keeps every header it read otherwise: memory would grow with
+                # the member count (a list typeshed does not declare).
+                tf.members.clear()  # type: ignore[attr-defined]
+                budget.member(info.name)
+                # Everything up to the end of this member is decompressed, headers, padding
+                # and skipped members included: counted before its data is read.
+                budget.take(tf.offset - budget.used, info.name)
                 parts = _member_parts(info.name, budget.source)
                 if not info.isreg():
                     continue  # symlinks, hard links, devices, directories: never followed
-                # Skipped members are decompressed too, so they count against the budget.
-                budget.take(info.size, info.name)
                 if parts is None:
                     continue
                 fp = tf.extractfile(info)
@@ -419,6 +558,11 @@ def _tar_members(path: Path, budget: _Budget, limits: _Limits) -> list[_Member]:
     except _TAR_ERRORS as exc:
         raise DataError(
             f"{budget.source}: not a readable tar archive, or corrupt or truncated ({exc})"
+        ) from exc
+    except RecursionError as exc:  # tarfile follows a chain of long-name headers recursively
+        raise DataError(
+            f"{budget.source}: a chain of hundreds of extended headers before one member; "
+            "not a tar archive any tool writes"
         ) from exc
     return members
 
@@ -461,6 +605,15 @@ class _StrictTarInfo(tarfile.TarInfo):
                 "truncated or corrupt"
             ) from None
 
+    def _proc_member(self, tf: tarfile.TarFile) -> Self | None:
+        # Extended headers are read into memory whole, before the caller sees anything.
+        if self.type in _EXTENDED_TYPES and self.size > _MAX_EXTENDED_HEADER:
+            raise tarfile.ReadError(
+                f"an extended header of {self.size} bytes at byte {self.offset}, over "
+                f"{_MAX_EXTENDED_HEADER}"
+            )
+        return super()._proc_member(tf)  # type: ignore[misc]
+
 
 def _constant(data: bytes) -> Callable[[], bytes]:
     return lambda: data
@@ -473,24 +626,27 @@ def _dir_members(root: Path, budget: _Budget, limits: _Limits) -> list[_Member]:
     while stack:
         folder = stack.pop()
         try:
-            entries = list(os.scandir(folder))
+            entries = os.scandir(folder)
         except OSError as exc:
             raise DataError(f"{folder}: cannot list directory ({exc})") from exc
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                stack.append(Path(entry.path))
-                continue
-            if not entry.is_file(follow_symlinks=False):
-                continue  # symlinks and special files: never followed
-            rel = Path(entry.path).relative_to(root).as_posix()
-            parts = _member_parts(rel, root.name)
-            if parts is None:
-                continue
-            size = entry.stat(follow_symlinks=False).st_size
-            declared += size
-            budget.check(declared, rel)  # before reading anything
-            members.append(_Member(parts, rel, _file_reader(Path(entry.path), size, rel, budget)))
-            limits.check_samples(len(members), root.name)
+        with entries:
+            for entry in entries:  # streamed: counted before the next one is listed
+                rel = Path(entry.path).relative_to(root).as_posix()
+                budget.member(rel)
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                    continue
+                if not entry.is_file(follow_symlinks=False):
+                    continue  # symlinks and special files: never followed
+                parts = _member_parts(rel, root.name)
+                if parts is None:
+                    continue
+                size = entry.stat(follow_symlinks=False).st_size
+                declared += size
+                budget.check(declared, rel)  # before reading anything
+                reader = _file_reader(Path(entry.path), size, rel, budget)
+                members.append(_Member(parts, rel, reader))
+                limits.check_samples(len(members), root.name)
     return members
 
 
@@ -527,6 +683,7 @@ def _build_folder(members: list[_Member], source: str, limits: _Limits) -> Datas
     order = sorted(range(len(members)), key=lambda i: paths[i][depth:])
     members = [members[i] for i in order]
     classes = sorted({m.parts[depth] for m in members})
+    _check_class_names(classes, source)
     if len(classes) < 2:
         raise DataError(
             f"{source}: found only the class folder {classes[0]!r}; classification needs at "

@@ -29,15 +29,15 @@ class UploadRepository(Generic[Upload]):
         self.session = session
         self.tenant_id = tenant_id
 
-    def get(self, row_id: uuid.UUID) -> Upload | None:
+    def get(self, row_id: uuid.UUID, *, deleted: bool = False) -> Upload | None:
+        """The tenant's upload ``row_id``; ``deleted``: a deleted one too (its row is kept for
+        the jobs that used it)."""
         model = self.model
-        return self.session.scalars(
-            select(model)
-            .options(joinedload(model.blob))
-            .where(
-                model.id == row_id, model.tenant_id == self.tenant_id, model.deleted_at.is_(None)
-            )
-        ).first()
+        q = select(model).options(joinedload(model.blob))
+        q = q.where(model.id == row_id, model.tenant_id == self.tenant_id)
+        if not deleted:
+            q = q.where(model.deleted_at.is_(None))
+        return self.session.scalars(q).first()
 
     def list_page(self, *, after: tuple[datetime, uuid.UUID] | None, limit: int) -> list[Upload]:
         model = self.model

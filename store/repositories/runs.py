@@ -225,9 +225,11 @@ class RunRepository:
         artifacts: Sequence[NewArtifact],
         metrics: dict[str, Any],
         choices: dict[str, Any] | None = None,
+        warnings: Sequence[str] = (),
     ) -> bool:
         """Mark the job succeeded and list its artifacts (replacing an earlier attempt's);
-        ``choices``: the automatic choices the run resolved (``report.json``'s)."""
+        ``choices``: the automatic choices the run resolved, ``warnings`` what it could not
+        do but did not fail for (both ``report.json``'s)."""
         if not self.finish(
             job_id,
             lease=lease,
@@ -236,6 +238,7 @@ class RunRepository:
             progress=1.0,
             metrics=metrics,
             choices=choices or {},
+            warnings=list(warnings),
         ):
             return False
         self._execute(delete(Artifact).where(Artifact.job_id == job_id))

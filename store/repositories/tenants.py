@@ -32,8 +32,21 @@ class TenantRepository:
         self.session.flush()
         return new.key
 
-    def revoke_key(self, key_or_prefix: str) -> bool:
-        prefix = keys.split_prefix(key_or_prefix) or key_or_prefix
+    def revoke_key(self, key: str) -> bool:
+        """Revoke the active key ``key`` (the whole key: a wrong secret matches nothing)."""
+        prefix = keys.split_prefix(key)
+        if prefix is None:
+            return False
+        row = self.session.scalars(
+            select(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
+        ).first()
+        if row is None or not keys.matches(key, row.key_hash):
+            return False
+        return self.revoke_prefix(prefix)
+
+    def revoke_prefix(self, prefix: str) -> bool:
+        """Revoke the active key whose prefix is ``prefix``, whatever its secret: for an
+        operator who has lost the key but knows its prefix (``kds_<prefix>_...``)."""
         result = self.session.execute(
             update(ApiKey)
             .where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))

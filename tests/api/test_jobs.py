@@ -53,6 +53,38 @@ def test_submit_returns_202_with_location_and_is_idempotent(
     assert len(client.get("/v1/jobs", headers=alice.headers).json()["items"]) == 1
 
 
+def test_an_idempotency_key_reused_with_another_body_is_refused(
+    client: TestClient, alice: Tenancy, ready: dict[str, str]
+) -> None:
+    body = {"dataset_id": ready["dataset_id"], "student": MLP, "config": {"method": "scratch"}}
+    headers = {**alice.headers, "Idempotency-Key": "k-1"}
+    first = client.post("/v1/jobs", headers=headers, json=body)
+    assert first.status_code == 202, first.text
+
+    # The same request spelled differently (key order, a default written out) is a retry.
+    same = {
+        "config": {"epochs": 10, "method": "scratch"},
+        "student": MLP,
+        "dataset_id": ready["dataset_id"],
+    }
+    assert first.json()["config"]["epochs"] == 10
+    retry = client.post("/v1/jobs", headers=headers, json=same)
+    assert (retry.status_code, retry.json()["id"]) == (202, first.json()["id"])
+
+    other = client.post(
+        "/v1/jobs", headers=headers, json={**body, "config": {"method": "scratch", "epochs": 3}}
+    )
+    assert other.status_code == 422
+    assert other.headers["content-type"] == "application/problem+json"
+    problem = other.json()
+    assert problem["code"] == "idempotency_key_reused"
+    assert "'k-1' was already used for a different job request" in problem["detail"]
+    assert "a new key" in problem["detail"]
+    jobs = client.get("/v1/jobs", headers=alice.headers).json()["items"]
+    assert [j["id"] for j in jobs] == [first.json()["id"]]
+    assert jobs[0]["config"]["epochs"] == 10
+
+
 @pytest.mark.parametrize(
     ("config", "expect"),
     [
@@ -275,3 +307,14 @@ def test_auto_temperature_without_validation_data_is_422(
     assert r.json()["detail"].startswith('config.val_split: temperature/alpha "auto"')
     config["val_split"] = 0.2
     assert _submit(client, alice, student=MLP, config=config, **ready).status_code == 202
+
+
+def test_a_jobs_warnings_are_shown(
+    client: TestClient, alice: Tenancy, sessions: sessionmaker[Session]
+) -> None:
+    note = "the onnx export was left out, it failed: RuntimeError: too far off"
+    with sessions() as s, s.begin():
+        job = create_job(s, alice.id, status=JobStatus.succeeded, warnings=[note]).id
+        older = create_job(s, alice.id, status=JobStatus.succeeded).id  # NULL: before 0005
+    assert client.get(f"/v1/jobs/{job}", headers=alice.headers).json()["warnings"] == [note]
+    assert client.get(f"/v1/jobs/{older}", headers=alice.headers).json()["warnings"] == []

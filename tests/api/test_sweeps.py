@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,6 +21,7 @@ from store.repositories.runs import Claim, NewArtifact, RunRepository
 from store.settings import Settings
 from tests.api.conftest import REDIS_URL
 from tests.api.factories import Tenancy, create_dataset, create_job, create_teacher
+from tests.broker import queued
 
 MLP = {"family": "mlp", "hidden": [8]}
 HINT = {"teacher_layer": "relu1", "student_layer": "relu1", "epochs": 1}
@@ -107,7 +107,7 @@ def test_submit_queues_one_job_per_point_in_grid_order(
     assert all(j["config"]["epochs"] == 2 and j["teacher_id"] == ready["teacher_id"] for j in jobs)
     assert jobs[1]["name"] == "t-and-a [1] temperature=2.0 alpha=0.5"
     assert all(j["choices"] == {} for j in jobs)
-    assert redis.Redis.from_url(REDIS_URL).llen(settings.queue) == 4
+    assert len(queued(REDIS_URL, settings.queue)) == 4
 
 
 def test_hint_pairs_and_hint_epochs_keep_the_base_hint_fields_they_leave_out(
@@ -222,7 +222,7 @@ def test_a_bad_grid_is_422_naming_the_field_and_creates_nothing(
     if problem.get("errors"):
         assert loc in [e["loc"] for e in problem["errors"]]
     assert (_rows(sessions, Sweep), _rows(sessions, Job)) == (0, 0)
-    assert redis.Redis.from_url(REDIS_URL).llen(settings.queue) == 0
+    assert len(queued(REDIS_URL, settings.queue)) == 0
 
 
 def test_the_base_job_gets_the_checks_of_a_job_named_under_base(
@@ -355,7 +355,12 @@ def test_the_same_idempotency_key_returns_the_same_sweep(
     ]
     assert other.json()["id"] != first.json()["id"]
     assert (_rows(sessions, Sweep), _rows(sessions, Job)) == (2, 4)
-    assert redis.Redis.from_url(REDIS_URL).llen(settings.queue) == 4
+    assert len(queued(REDIS_URL, settings.queue)) == 4
+
+    changed = _submit(client, alice, headers=key, base=body["base"], grid={"temperature": [2, 8]})
+    assert changed.status_code == 422
+    assert changed.json()["code"] == "idempotency_key_reused"
+    assert (_rows(sessions, Sweep), _rows(sessions, Job)) == (2, 4)
 
 
 # -- cancel ----------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,8 @@ from api.app import create_app
 from store.models import Artifact, Blob, DatasetRecord, JobStatus
 from store.settings import Settings
 from tests.api.factories import Tenancy, create_job, npz_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _stored_files(settings: Settings) -> list[Path]:
@@ -207,3 +211,78 @@ def test_promoting_a_finished_job_shares_its_exported_student(
 
 def _untimed(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in ("created_at", "updated_at")}
+
+
+def test_promoting_a_job_whose_dataset_was_deleted_still_works(
+    client: TestClient, alice: Tenancy, sessions: sessionmaker[Session]
+) -> None:
+    with sessions() as s, s.begin():
+        job = create_job(s, alice.id, status=JobStatus.succeeded)
+        student = {"name": "student.safetensors", "uri": "file:///j", "size": 1, "sha256": "c" * 64}
+        s.add(Artifact(job_id=job.id, **student))
+        job_id, dataset_id = job.id, job.dataset_id
+    deleted = client.delete(f"/v1/datasets/{dataset_id}", headers=alice.headers)
+    assert deleted.status_code == 204, deleted.text
+
+    # The deleted dataset's row keeps what the teacher needs: the student's input and classes.
+    r = client.post("/v1/teachers", headers=alice.headers, json={"from_job": str(job_id)})
+    assert r.status_code == 201, r.text
+    assert (r.json()["input_shape"], r.json()["num_classes"]) == ([1, 8, 8], 4)
+    assert client.get(f"/v1/datasets/{dataset_id}", headers=alice.headers).status_code == 404
+
+    with sessions() as s, s.begin():
+        bare = create_job(s, alice.id, status=JobStatus.succeeded).id
+    r = client.post("/v1/teachers", headers=alice.headers, json={"from_job": str(bare)})
+    assert r.status_code == 409
+    assert r.json()["detail"] == f"job {bare} has no exported student to promote"
+
+
+# A writer in a process of its own: it starts an upload, says so, and waits to be told to
+# finish it (or is killed first).
+_WRITER = """
+import sys
+from pathlib import Path
+from store.blobs import LocalStore
+writer = LocalStore(Path(sys.argv[1])).writer(sys.argv[2])
+writer.write(b"x" * 1000)
+print("writing", flush=True)
+sys.stdin.read()
+writer.write(b"y")
+writer.commit()
+"""
+
+
+def test_the_api_start_sweeps_a_killed_uploads_partial_file_but_not_a_live_one(
+    settings: Settings, sessions: sessionmaker[Session]
+) -> None:
+    root = settings.resolved_home / "storage"
+    writers = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(root), f"tenants/t/blobs/{name}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+        )
+        for name in ("killed", "live")
+    }
+    try:
+        for proc in writers.values():
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == b"writing\n"
+        writers["killed"].kill()
+        writers["killed"].wait(10)
+        assert len(list(root.rglob(".*.partial"))) == 2
+
+        with TestClient(create_app(settings)):  # the start sweeps: at once, though fresh
+            left = [p.name for p in root.rglob(".*.partial")]
+        assert len(left) == 1
+        assert left[0].startswith(".live.")
+
+        writers["live"].communicate(b"", timeout=30)  # the live upload finishes unharmed
+        assert writers["live"].returncode == 0
+        assert (root / "tenants/t/blobs/live").read_bytes() == b"x" * 1000 + b"y"
+        assert not list(root.rglob(".*.partial"))
+    finally:
+        for proc in writers.values():
+            proc.kill()
+            proc.wait(10)

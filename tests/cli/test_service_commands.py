@@ -85,8 +85,7 @@ def test_keys_create_prints_a_working_key_and_revoke_stops_it(home: Path) -> Non
         kd = KDServeClient(api_key=key, http=http)
         assert kd.list_jobs() == []
 
-        prefix = key.split("_")[1]
-        revoked = runner.invoke(app, ["keys", "revoke", prefix])
+        revoked = runner.invoke(app, ["keys", "revoke", key])
         assert revoked.exit_code == 0, revoked.output
 
         denied = http.get("/v1/jobs", headers={"Authorization": f"Bearer {key}"})
@@ -96,6 +95,35 @@ def test_keys_create_prints_a_working_key_and_revoke_stops_it(home: Path) -> Non
     again = runner.invoke(app, ["keys", "revoke", key])
     assert again.exit_code == 2
     assert "no active key" in again.stderr
+
+
+def test_keys_revoke_needs_the_whole_key_or_an_explicit_prefix(home: Path) -> None:
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    key = runner.invoke(app, ["keys", "create", "--tenant", "acme"]).stdout.strip()
+    other = runner.invoke(app, ["keys", "create", "--tenant", "acme"]).stdout.strip()
+    prefix = key.split("_")[1]
+
+    with TestClient(create_app(Settings())) as http:
+
+        def works(k: str) -> bool:
+            return http.get("/v1/jobs", headers={"Authorization": f"Bearer {k}"}).is_success
+
+        # The right prefix with a wrong secret revokes nothing.
+        forged = runner.invoke(app, ["keys", "revoke", f"kds_{prefix}_{'x' * 43}"])
+        assert forged.exit_code == 2
+        assert "no active key matches that key" in forged.stderr
+        # A prefix alone is not taken for a key.
+        bare = runner.invoke(app, ["keys", "revoke", prefix])
+        assert bare.exit_code == 2
+        assert "kdserve keys revoke --prefix PREFIX" in bare.stderr
+        both = runner.invoke(app, ["keys", "revoke", key, "--prefix", prefix])
+        assert both.exit_code == 2
+        assert works(key)
+
+        by_prefix = runner.invoke(app, ["keys", "revoke", "--prefix", prefix])
+        assert by_prefix.exit_code == 0, by_prefix.output
+        assert not works(key)
+        assert works(other)
 
 
 def test_keys_create_before_db_upgrade_is_one_clear_line(home: Path) -> None:
@@ -277,3 +305,10 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) 
             pass
         time.sleep(0.2)
     raise AssertionError(f"{url}/healthz did not answer in {timeout} s")
+
+
+def test_up_tells_the_api_whether_this_machine_has_cuda() -> None:
+    """`kdserve up` sets KDSERVE_CUDA_WORKERS from what torch sees (its worker runs here)."""
+    import torch
+
+    assert service.cuda_available() is torch.cuda.is_available()

@@ -49,7 +49,7 @@ def test_submit_get_list_wait_and_download_the_best(
         {"lr": 0.1, "seed": 0},
         {"lr": 0.1, "seed": 1},
     ]
-    assert kd.submit_sweep(**args, idempotency_key="sweep-7")["id"] == sweep["id"]
+    assert kd.submit_sweep(**args, name="lrs", idempotency_key="sweep-7")["id"] == sweep["id"]
     assert [s["id"] for s in kd.list_sweeps(page_size=1)] == [sweep["id"]]
     assert kd.get_sweep(sweep["id"])["name"] == "lrs"
     with pytest.raises(TimeoutError, match=r"still queued after 0 s \(4 queued\)"):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from kdcore import export
 from kdcore.contract import Spec, SpecError, parse_arch
 from kdcore.export import FORMATS, Preprocessed, StudentMeta, export_student, load_student
 from kdcore.models import build_model
@@ -246,10 +247,44 @@ def test_failed_check_leaves_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyP
             module = self.program.module()
             return lambda x: module(x) + 0.01
 
+    (tmp_path / "student.pt2").write_bytes(b"an older export's program")
     monkeypatch.setattr(torch.export, "load", Drifting)
-    with pytest.raises(RuntimeError, match=r"torch.export export does not .* difference 0.01"):
-        export_student(make_student(MLP, VECTOR), vector_meta(), tmp_path, formats=["pt2"])
-    assert list(tmp_path.iterdir()) == []
+    notes: list[str] = []
+    files = export_student(
+        make_student(MLP, VECTOR),
+        vector_meta(),
+        tmp_path,
+        formats=["safetensors", "pt2"],
+        warn=notes.append,
+    )
+    # An optional program that fails its check is left out, with the reason; the rest goes on.
+    assert set(files) == {"safetensors", "meta"}
+    assert len(notes) == 1
+    assert notes[0].startswith("the pt2 export was left out, it failed: RuntimeError: the ")
+    assert "torch.export export does not reproduce the PyTorch model" in notes[0]
+    assert "difference 0.01" in notes[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student.json", "student.safetensors"]
+    assert json.loads((tmp_path / "student.json").read_text())["files"] == {
+        "safetensors": "student.safetensors"
+    }
+
+
+def test_a_failing_optional_format_warns_and_the_weights_stay_required(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(*_: Any) -> None:
+        raise RuntimeError("x" * 5000)
+
+    monkeypatch.setitem(export._WRITERS, "onnx", fail)
+    with pytest.warns(UserWarning, match="the onnx export was left out") as caught:
+        files = export_student(
+            make_student(MLP, VECTOR), vector_meta(), tmp_path, formats=["safetensors", "onnx"]
+        )
+    assert "onnx" not in files
+    assert len(str(caught[0].message)) < 700  # a long reason is cut
+    monkeypatch.setitem(export._WRITERS, "safetensors", fail)
+    with pytest.raises(RuntimeError, match="xxx"):
+        export_student(make_student(MLP, VECTOR), vector_meta(), tmp_path, formats=["safetensors"])
 
 
 def test_model_that_does_not_fit_the_spec_is_refused(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from kdcore import export
 from kdcore.contract import DistillConfig
 from kdcore.data import Normalizer
 from kdcore.evaluate import predict, score
@@ -85,6 +86,30 @@ def test_scratch_job_has_no_teacher_columns(tmp_path: Path) -> None:
     assert report.teacher is None
     assert report.compression is None
     assert report.data.train_samples + report.data.eval_samples == 192
+
+
+def test_an_export_format_that_fails_is_left_out_with_a_warning_in_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fail(*_: object) -> None:
+        raise RuntimeError("the ONNX export does not reproduce the PyTorch model")
+
+    monkeypatch.setitem(export._WRITERS, "onnx", fail)
+    report = run(
+        spec=cnn(4),
+        config=DistillConfig(**config(epochs=1)),
+        data=image_data(),
+        out_dir=tmp_path,
+        formats=("safetensors", "onnx"),
+    )
+    assert report.warnings == [
+        "the onnx export was left out, it failed: RuntimeError: the ONNX export does not "
+        "reproduce the PyTorch model"
+    ]
+    written = json.loads((tmp_path / REPORT_NAME).read_text())
+    assert written["warnings"] == report.warnings
+    assert (tmp_path / "student.safetensors").exists()
+    assert not (tmp_path / "student.onnx").exists()
 
 
 def test_kd_without_teacher_is_refused(tmp_path: Path) -> None:

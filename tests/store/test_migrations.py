@@ -20,7 +20,7 @@ from tests.pg import fresh_database
 from tests.worker.factories import create_dataset, create_teacher, create_tenant
 
 ROOT = Path(__file__).resolve().parents[2]
-ADDED_TO_JOBS = {"sweep_id", "choices"}  # by 0004
+ADDED_TO_JOBS = {"sweep_id", "choices", "request_hash", "warnings"}  # by 0004, 0006
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
@@ -86,7 +86,7 @@ def test_upgrading_a_database_with_jobs_keeps_every_row(url: str, tmp_path: Path
         )
     engine.dispose()
 
-    assert upgrade_database(url, timeout=10, say=lambda _: None) == "0004"
+    assert upgrade_database(url, timeout=10, say=lambda _: None) == "0006"
     engine = make_engine(url)
     try:
         with engine.connect() as conn:

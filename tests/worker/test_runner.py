@@ -149,6 +149,43 @@ def test_a_bad_hint_layer_fails_as_invalid_input_naming_valid_layers(
     assert env.artifacts(job_id) == {}
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_a_cuda_job_on_a_worker_without_a_gpu_fails_as_no_gpu_saying_what_to_do(
+    env: Env, world: World
+) -> None:
+    job_id = world.job(env, config=config(device="cuda"))
+    assert env.run(job_id) is Outcome.failed
+    job = env.job(job_id)
+    assert (job.status, job.error_code) == (JobStatus.failed, "no_gpu")
+    assert job.error_message is not None
+    assert job.error_message.startswith(
+        "this job asks for a CUDA GPU, but the worker that ran it has none"
+    )
+    assert '"device": "auto"' in job.error_message
+    assert env.artifacts(job_id) == {}
+
+
+def test_a_succeeded_jobs_warnings_are_recorded_bounded(
+    env: Env, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What kdcore reports when an export format fails (tests/kdcore/test_pipeline.py makes
+    # one fail), added to the real child's report: the runner keeps it, bounded.
+    real = runner.run_in_sandbox
+
+    def reporting(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        report = real(*args, **kwargs)
+        report["warnings"] = ["the onnx export was left out, it failed: " + "x" * 5000] * 20
+        return report
+
+    monkeypatch.setattr(runner, "run_in_sandbox", reporting)
+    job_id = world.job(env)
+    assert env.run(job_id) is Outcome.succeeded
+    warnings = env.job(job_id).warnings
+    assert warnings is not None
+    assert len(warnings) == 8
+    assert all(w.startswith("the onnx export was left out") and len(w) == 1000 for w in warnings)
+
+
 def test_a_diverging_job_fails_as_diverged(env: Env, world: World) -> None:
     job_id = world.job(
         env, student={"family": "mlp", "hidden": [256, 256, 256]}, config=config(lr=10.0, epochs=3)

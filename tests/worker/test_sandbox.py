@@ -22,11 +22,13 @@ import pytest
 import torch
 from torch import nn
 
+from kdcore.runtime import DeviceUnavailable
 from store.models import AssetStatus, Teacher
 from tests.worker.factories import Env, create_teacher, create_tenant
 from worker.files import SandboxOutput, UnsafeOutput
 from worker.retry import NO_WAIT
 from worker.sandbox import SandboxFailed, available_isolation, run_in_sandbox
+from worker.sandbox.child import _error
 from worker.sandbox.protocol import (
     DatasetRequest,
     DistillRequest,
@@ -238,12 +240,71 @@ def test_a_memory_hog_fails_as_out_of_memory(box: Path) -> None:
     assert failed.value.code == "out_of_memory"
 
 
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (MemoryError(), "out_of_memory"),
+        # As torch words them: its CPU allocator, CUDA's, and a C++ allocation it translated.
+        (
+            RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate "
+                "memory: you tried to allocate 1099511627776 bytes. Error code 12"
+            ),
+            "out_of_memory",
+        ),
+        (
+            torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+            "out_of_memory",
+        ),
+        (RuntimeError("std::bad_alloc"), "out_of_memory"),
+        (DeviceUnavailable('config asks for device "cuda" but no CUDA GPU'), "no_gpu"),
+        (OverflowError("Python int too large to convert to C long"), "invalid_input"),
+        (ValueError("bad spec"), "invalid_input"),
+        (KeyError("bug"), "internal"),
+    ],
+)
+def test_the_child_sorts_errors_into_codes(exc: BaseException, code: str) -> None:
+    assert _error(exc)[0] == code
+
+
+def test_a_cpp_allocation_that_aborts_the_child_fails_as_out_of_memory(box: Path) -> None:
+    # operator new, asked for 4 EiB from C: std::bad_alloc with no Python frame to turn it
+    # into an error, so the C++ runtime aborts the process (SIGABRT), saying why on stderr.
+    hostile_pt2(
+        box / "weights",
+        "import ctypes\n"
+        "new = ctypes.CDLL('libstdc++.so.6')._Znwm\n"
+        "new.argtypes = [ctypes.c_size_t]\n"
+        "new(2 ** 62)",
+    )
+    with pytest.raises(SandboxFailed) as failed:
+        run(teacher_request(), box)
+    assert failed.value.code == "out_of_memory"
+    assert "SIGABRT" in str(failed.value)
+    assert "std::bad_alloc" in str(failed.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_on_a_machine_without_a_gpu_fails_as_no_gpu_before_loading_data(box: Path) -> None:
+    request = DistillRequest(
+        limits=LIMITS,
+        student={"family": "mlp", "hidden": [4]},
+        config={"method": "scratch", "epochs": 1, "device": "cuda"},
+        data="missing.npz",  # never read: the device is checked first
+        formats=["safetensors"],
+    )
+    with pytest.raises(SandboxFailed) as failed:
+        run(request, box)
+    assert failed.value.code == "no_gpu"
+    assert 'device "cuda" but no CUDA GPU is available' in str(failed.value)
+
+
 def test_the_time_limit_kills_the_child(box: Path) -> None:
     (box / "weights").write_bytes(b"unused")
     started = time.monotonic()
     with pytest.raises(SandboxFailed) as failed:
         # Nothing loads torch in under half a second: the limit always strikes first.
-        run(DatasetRequest(limits=LIMITS, path="weights"), box, time_limit_s=0.5)
+        run(DatasetRequest(limits=LIMITS, path="weights", max_members=10), box, time_limit_s=0.5)
     assert failed.value.code == "time_limit"
     assert time.monotonic() - started < 30
 

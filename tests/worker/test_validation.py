@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import tarfile
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -236,3 +237,21 @@ def test_a_bad_dataset_is_invalid_with_the_loaders_message(
     assert row.error is not None
     assert row.error.startswith(message)
     assert row.samples is None
+
+
+def test_an_archive_of_too_many_members_is_invalid_and_its_file_released(env: Env) -> None:
+    images = tarfile.open(fileobj=io.BytesIO(png_tar_gz({"cat": 2, "dog": 2})))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for member in images.getmembers():
+            tar.addfile(member, images.extractfile(member))
+        for i in range(300):  # empty members: nothing to decode, each one a header to read
+            tar.addfile(tarfile.TarInfo(f"train/junk/{i:04d}.txt"))
+    dataset_id = add_dataset(env, buf.getvalue(), "many.tar.gz")
+    limited = replace(env, settings=env.settings.model_copy(update={"dataset_max_members": 100}))
+
+    status, row = check_dataset(limited, dataset_id)
+    assert status is row.status is AssetStatus.invalid
+    assert row.error is not None
+    assert row.error.startswith("many.tar.gz: more than max_members=100 entries")
+    assert (row.samples, row.blob_id) == (None, None)  # its file is deleted

@@ -175,29 +175,39 @@ def _refuse_code(teacher: TeacherInput, box: Path) -> None:
 def _dataset(req: DatasetRequest, box: Path, channel: Channel) -> dict[str, Any]:
     from kdcore.data import load_dataset
 
-    data = load_dataset(box / req.path)
+    data = load_dataset(box / req.path, max_members=req.max_members)
     result = DatasetResult(
         samples=len(data), input_shape=list(data.input_shape), classes=list(data.classes)
     )
     return result.model_dump()
 
 
+# What torch's allocators and its C++ translation say when memory runs out: the CPU
+# allocator ("DefaultCPUAllocator: can't allocate memory"), CUDA ("CUDA out of memory"), and
+# a C++ allocation that failed ("std::bad_alloc").
+_OUT_OF_MEMORY = ("can't allocate memory", "out of memory", "bad_alloc")
+
+
 def _error(exc: BaseException) -> tuple[ErrorCode, str]:
     """Sort an exception into the codes the worker understands."""
     text = str(exc) or type(exc).__name__
     if isinstance(exc, MemoryError) or (
-        isinstance(exc, RuntimeError)
-        and ("can't allocate memory" in text or "out of memory" in text.lower())
+        isinstance(exc, RuntimeError) and any(s in text.lower() for s in _OUT_OF_MEMORY)
     ):
         return "out_of_memory", text
-    from kdcore.train import Canceled, Diverged  # imported: exc may be from before torch
+    from kdcore.runtime import DeviceUnavailable  # imported: exc may be from before torch
+    from kdcore.train import Canceled, Diverged
 
+    if isinstance(exc, DeviceUnavailable):
+        return "no_gpu", text
     if isinstance(exc, Canceled):
         return "canceled", text
     if isinstance(exc, Diverged):
         return "diverged", text
     if isinstance(exc, ValueError):  # bad spec, config, layer, shape, data or weights
         return "invalid_input", text
+    if isinstance(exc, OverflowError):  # a number in the spec or config too large to compute
+        return "invalid_input", f"a value is too large to compute with ({text})"
     return "internal", f"{type(exc).__name__}: {text}"
 
 

@@ -239,6 +239,14 @@ def run_in_sandbox(
     try:
         with os.fdopen(events_r, "rb") as events:
             return _converse(events, watch, on_progress, cache)
+    except SandboxFailed as exc:
+        # C++ code that cannot allocate throws std::bad_alloc; outside torch's translation
+        # to a Python error, the runtime aborts the process, saying so on stderr.
+        if exc.code == "crashed" and "std::bad_alloc" in _tail(log_path):
+            raise SandboxFailed(
+                "out_of_memory", f"{exc}: a C++ allocation failed (std::bad_alloc)"
+            ) from exc
+        raise
     finally:
         watch.stop()
         if proc.returncode not in (0, None):

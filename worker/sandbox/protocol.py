@@ -37,7 +37,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from kdcore.contract import CACHE_ENTRY_MAX_BYTES, ArchSpec, DistillConfig
 
 REQUEST_NAME = "request.json"
-MAX_LINE_BYTES = 1 << 20  # a report is a few KB; anything longer is not ours
+# A report is a few KB, but a dataset's class names travel in its validation result and in
+# the report: kdcore.data bounds them to MAX_CLASS_NAMES_CHARS (1M characters, at most ~4.3 MB
+# as JSON). Anything longer is not ours.
+MAX_LINE_BYTES = 16 << 20
 ACK = b"ack\n"
 CANCEL = b"cancel\n"
 CACHE_READY = b"cache ready\n"
@@ -54,7 +57,14 @@ def cache_file(key: str) -> str:
 
 
 ErrorCode = Literal[
-    "canceled", "diverged", "invalid_input", "out_of_memory", "time_limit", "crashed", "internal"
+    "canceled",
+    "diverged",
+    "invalid_input",
+    "out_of_memory",
+    "no_gpu",
+    "time_limit",
+    "crashed",
+    "internal",
 ]
 
 
@@ -83,6 +93,12 @@ FAILURES: dict[ErrorCode, Failure] = {
         input_at_fault=True,
         message="the training process ran out of memory ({}); use a smaller batch size "
         "or model, or ask the operator to raise KDSERVE_SANDBOX_MEMORY_MB",
+    ),
+    "no_gpu": Failure(
+        input_at_fault=True,
+        message="this job asks for a CUDA GPU, but the worker that ran it has none ({}); "
+        'submit it with "device": "auto" (a GPU where the worker has one) or "cpu", or ask '
+        "the operator for a GPU worker",
     ),
     "time_limit": Failure(input_at_fault=True),
     "crashed": Failure(input_at_fault=False),
@@ -153,6 +169,7 @@ class DatasetRequest(_Model):
     op: Literal["dataset"] = "dataset"
     limits: Limits
     path: str
+    max_members: int = Field(ge=1)  # kdcore.data.load_dataset's: entries of an archive
 
 
 Request = Annotated[DistillRequest | TeacherRequest | DatasetRequest, Field(discriminator="op")]

@@ -21,38 +21,48 @@ The last layer's output must be a vector of ``num_classes`` logits. The torch bu
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from kdcore.contract.bounds import (
+    MAX_CHANNELS,
+    MAX_FEATURES,
+    MAX_KERNEL,
+    MAX_LAYERS,
+    MAX_PIECES,
+    MAX_POOL,
+)
+from kdcore.contract.cost import Cost, batchnorm, conv, linear, total
 from kdcore.contract.errors import SpecError
 from kdcore.contract.registry import Family, Shape, Spec, register_family
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class _Layer(_Strict):
-    name: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    name: str | None = Field(default=None, max_length=100, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class ConvLayer(_Layer):
     type: Literal["conv"]
-    out: int = Field(gt=0)
-    k: int = Field(default=3, gt=0)
-    stride: int = Field(default=1, gt=0)
-    pad: int = Field(default=0, ge=0)
+    out: int = Field(gt=0, le=MAX_CHANNELS)
+    k: int = Field(default=3, gt=0, le=MAX_KERNEL)
+    stride: int = Field(default=1, gt=0, le=MAX_KERNEL)
+    pad: int = Field(default=0, ge=0, le=MAX_KERNEL)
     bias: bool = True
 
 
 class MaxoutConvLayer(_Layer):
     type: Literal["maxout_conv"]
-    out: int = Field(gt=0)
-    k: int = Field(default=3, gt=0)
-    stride: int = Field(default=1, gt=0)
-    pad: int = Field(default=0, ge=0)
-    pieces: int = Field(default=2, ge=2)
+    out: int = Field(gt=0, le=MAX_CHANNELS)
+    k: int = Field(default=3, gt=0, le=MAX_KERNEL)
+    stride: int = Field(default=1, gt=0, le=MAX_KERNEL)
+    pad: int = Field(default=0, ge=0, le=MAX_KERNEL)
+    pieces: int = Field(default=2, ge=2, le=MAX_PIECES)
     bias: bool = True
 
 
@@ -70,9 +80,9 @@ class FlattenLayer(_Layer):
 
 class PoolLayer(_Layer):
     type: Literal["maxpool", "avgpool"]
-    k: int = Field(default=2, gt=0)
-    stride: int | None = Field(default=None, gt=0)
-    pad: int = Field(default=0, ge=0)
+    k: int = Field(default=2, gt=0, le=MAX_POOL)
+    stride: int | None = Field(default=None, gt=0, le=MAX_POOL)
+    pad: int = Field(default=0, ge=0, le=MAX_POOL // 2)
 
 
 class GlobalAvgPoolLayer(_Layer):
@@ -86,14 +96,14 @@ class DropoutLayer(_Layer):
 
 class LinearLayer(_Layer):
     type: Literal["linear"]
-    out: int | None = Field(default=None, gt=0)
+    out: int | None = Field(default=None, gt=0, le=MAX_FEATURES)
     bias: bool = True
 
 
 class MaxoutLinearLayer(_Layer):
     type: Literal["maxout_linear"]
-    out: int | None = Field(default=None, gt=0)
-    pieces: int = Field(default=2, ge=2)
+    out: int | None = Field(default=None, gt=0, le=MAX_FEATURES)
+    pieces: int = Field(default=2, ge=2, le=MAX_PIECES)
 
 
 Layer = Annotated[
@@ -113,7 +123,7 @@ Layer = Annotated[
 
 class CnnSpec(Spec):
     family: Literal["cnn"]
-    layers: list[Layer] = Field(min_length=1)
+    layers: list[Layer] = Field(min_length=1, max_length=MAX_LAYERS)
 
     @model_validator(mode="after")
     def _unique_names(self) -> CnnSpec:
@@ -201,6 +211,34 @@ def _window(shape: Shape, k: int, stride: int, pad: int, where: str) -> tuple[in
     return (h - k) // stride + 1, (w - k) // stride + 1
 
 
+def cnn_cost(spec: CnnSpec, input_shape: Shape, shapes: Mapping[str, Shape]) -> Cost:
+    """Each layer's from its input shape (the one before it) and its output shape."""
+    parts: list[Cost] = []
+    shape = tuple(input_shape)
+    for i, layer in enumerate(spec.layers):
+        out = shapes[layer.name or str(i)]
+        match layer:
+            case ConvLayer():
+                parts.append(conv(shape[0], layer.out, layer.k, out, bias=layer.bias))
+            case MaxoutConvLayer():
+                channels = layer.out * layer.pieces
+                parts.append(conv(shape[0], channels, layer.k, out, bias=layer.bias))
+            case BatchNormLayer():
+                parts.append(batchnorm(shape[0]))
+            case LinearLayer():
+                parts.append(linear(shape[0], out[0], bias=layer.bias))
+            case MaxoutLinearLayer():
+                parts.append(linear(shape[0], out[0] * layer.pieces))
+        shape = out
+    return total(parts)
+
+
 CNN = register_family(
-    Family("cnn", spec=CnnSpec, shapes=cnn_shapes, build="kdcore.models.cnn:build_cnn")
+    Family(
+        "cnn",
+        spec=CnnSpec,
+        shapes=cnn_shapes,
+        build="kdcore.models.cnn:build_cnn",
+        cost=cnn_cost,
+    )
 )

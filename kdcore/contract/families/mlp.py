@@ -7,17 +7,23 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from pydantic import Field
 
+from kdcore.contract.bounds import MAX_FEATURES, MAX_LAYERS
+from kdcore.contract.cost import Cost, linear, total
 from kdcore.contract.registry import Family, Shape, Spec, register_family
 
 
 class MlpSpec(Spec):
     family: Literal["mlp"]
-    hidden: list[Annotated[int, Field(gt=0)]] = Field(min_length=1)
+    hidden: list[Annotated[int, Field(gt=0, le=MAX_FEATURES)]] = Field(
+        min_length=1, max_length=MAX_LAYERS
+    )
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     input_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
 
@@ -33,6 +39,17 @@ def mlp_shapes(spec: MlpSpec, input_shape: Shape, num_classes: int) -> dict[str,
     return shapes | {"head": (num_classes,)}
 
 
+def mlp_cost(spec: MlpSpec, input_shape: Shape, shapes: Mapping[str, Shape]) -> Cost:
+    widths = [math.prod(input_shape), *spec.hidden, shapes["head"][0]]
+    return total(linear(a, b) for a, b in itertools.pairwise(widths))
+
+
 MLP = register_family(
-    Family("mlp", spec=MlpSpec, shapes=mlp_shapes, build="kdcore.models.mlp:build_mlp")
+    Family(
+        "mlp",
+        spec=MlpSpec,
+        shapes=mlp_shapes,
+        build="kdcore.models.mlp:build_mlp",
+        cost=mlp_cost,
+    )
 )

@@ -12,19 +12,21 @@ their module order (``named_modules()``), checked by tests against the built mod
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Literal
 
 from pydantic import Field, model_validator
 
+from kdcore.contract.cost import Cost, batchnorm, conv, linear, total
 from kdcore.contract.errors import SpecError
 from kdcore.contract.registry import Family, Shape, Spec, register_family
 
 
 class ResNetSpec(Spec):
     family: Literal["resnet"]
-    depth: int = Field(default=20, ge=8)
-    width: int = Field(default=1, ge=1)
+    # ResNet-1202, He et al.'s deepest CIFAR net; 64·64 = 4,096 channels in the last stage.
+    depth: int = Field(default=20, ge=8, le=1202)
+    width: int = Field(default=1, ge=1, le=64)
 
     @model_validator(mode="after")
     def _depth(self) -> ResNetSpec:
@@ -41,8 +43,8 @@ class ResNetSpec(Spec):
 
 class WrnSpec(Spec):
     family: Literal["wrn"]
-    depth: int = Field(default=16, ge=10)
-    width: int = Field(default=2, ge=1)
+    depth: int = Field(default=16, ge=10, le=1000)
+    width: int = Field(default=2, ge=1, le=64)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
@@ -131,9 +133,59 @@ def wrn_shapes(spec: WrnSpec, input_shape: Shape, num_classes: int) -> dict[str,
     return {"conv1": stem} | stages | head
 
 
+def _blocks(
+    shapes: Mapping[str, Shape], stem: Shape, blocks: int, name: str
+) -> Iterator[tuple[Shape, Shape]]:
+    """Each block's input and output shapes, in order."""
+    entry = stem
+    for s in (1, 2, 3):
+        for j in range(blocks):
+            out = shapes[f"{name}{s}.{j}"]
+            yield entry, out
+            entry = out
+
+
+def resnet_cost(spec: ResNetSpec, input_shape: Shape, shapes: Mapping[str, Shape]) -> Cost:
+    stem = shapes["conv1"]
+    parts = [conv(input_shape[0], stem[0], 3, stem, bias=False), batchnorm(stem[0])]
+    for entry, out in _blocks(shapes, stem, spec.blocks_per_stage, "layer"):
+        c = out[0]
+        parts += [conv(entry[0], c, 3, out, bias=False), batchnorm(c)]
+        parts += [conv(c, c, 3, out, bias=False), batchnorm(c)]
+        if entry != out:  # the projection shortcut
+            parts += [conv(entry[0], c, 1, out, bias=False), batchnorm(c)]
+    parts.append(linear(shapes["flatten"][0], shapes["fc"][0]))
+    return total(parts)
+
+
+def wrn_cost(spec: WrnSpec, input_shape: Shape, shapes: Mapping[str, Shape]) -> Cost:
+    stem = shapes["conv1"]
+    parts = [conv(input_shape[0], stem[0], 3, stem, bias=False)]
+    for entry, out in _blocks(shapes, stem, spec.blocks_per_stage, "block"):
+        c = out[0]
+        parts += [batchnorm(entry[0]), conv(entry[0], c, 3, out, bias=False), batchnorm(c)]
+        parts.append(conv(c, c, 3, out, bias=False))
+        if entry != out:
+            parts.append(conv(entry[0], c, 1, out, bias=False))
+    parts += [batchnorm(shapes["bn"][0]), linear(shapes["flatten"][0], shapes["fc"][0])]
+    return total(parts)
+
+
 RESNET = register_family(
-    Family("resnet", spec=ResNetSpec, shapes=resnet_shapes, build="kdcore.models.resnet:ResNet")
+    Family(
+        "resnet",
+        spec=ResNetSpec,
+        shapes=resnet_shapes,
+        build="kdcore.models.resnet:ResNet",
+        cost=resnet_cost,
+    )
 )
 WRN = register_family(
-    Family("wrn", spec=WrnSpec, shapes=wrn_shapes, build="kdcore.models.resnet:WideResNet")
+    Family(
+        "wrn",
+        spec=WrnSpec,
+        shapes=wrn_shapes,
+        build="kdcore.models.resnet:WideResNet",
+        cost=wrn_cost,
+    )
 )

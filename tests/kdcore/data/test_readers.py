@@ -379,7 +379,129 @@ def test_total_bytes_counts_many_small_members(tmp_path: Path) -> None:
         path = WRITERS[kind](tmp_path, files)
         with pytest.raises(DataError, match="max_total_bytes"):
             load_dataset(path, max_total_bytes=total - 1)
-        assert len(load_dataset(path, max_total_bytes=total + 512 * len(files))) == 9
+        # Headers count too: a tar's 512-byte header and padding, a zip's directory entry.
+        assert len(load_dataset(path, max_total_bytes=total + 1024 * len(files))) == 9
+
+
+def empty_members(n: int) -> dict[str, bytes]:
+    """``n`` empty files that are not images: ignored, but each one an archive entry."""
+    return {f"junk/{i:07d}.txt": b"" for i in range(n)}
+
+
+@pytest.mark.parametrize("kind", ["dir", "zip", "tar", "tar.gz"])
+def test_member_count_is_limited_whatever_the_members_hold(tmp_path: Path, kind: str) -> None:
+    files, _, _ = image_files()  # 9 images in 3 class folders
+    path = WRITERS[kind](tmp_path, {**files, **empty_members(200)})
+    with pytest.raises(DataError, match=r"more than max_members=100 entries") as info:
+        load_dataset(path, max_members=100)
+    assert "send many small samples as one .npz file" in str(info.value)
+    assert len(load_dataset(path, max_members=300)) == 9
+
+
+def test_a_tar_of_many_empty_members_is_refused_while_streaming(tmp_path: Path) -> None:
+    # The issue's archive, scaled down: a few images, then thousands of empty members, then
+    # garbage. The limit must stop the scan before the garbage (not list every member first).
+    files, _, _ = image_files()
+    blob = bytearray(write_tar(tmp_path / "d.tar", {**files, **empty_members(5000)}).read_bytes())
+    blob[512 * 3000 :] = b"\xff" * (len(blob) - 512 * 3000)
+    (tmp_path / "bomb.tar").write_bytes(bytes(blob))
+    with pytest.raises(DataError, match="max_members=1000"):
+        load_dataset(tmp_path / "bomb.tar", max_members=1000)
+    with pytest.raises(DataError, match="truncated or corrupt"):  # read on: reaches the garbage
+        load_dataset(tmp_path / "bomb.tar", max_members=10_000)
+
+
+def test_tar_headers_count_against_total_bytes(tmp_path: Path) -> None:
+    files, _, _ = image_files()
+    images = sum(len(b) for b in files.values())
+    path = write_tar(tmp_path / "d.tar.gz", {**files, **empty_members(2000)}, "w:gz")
+    assert path.stat().st_size < 100_000  # a million bytes of headers compress to little
+    with pytest.raises(DataError, match="max_total_bytes=200000") as info:
+        load_dataset(path, max_total_bytes=200_000)
+    assert "junk/" in str(info.value)  # reached among the empty members
+    assert images + 2009 * 512 < 2_000_000
+    assert len(load_dataset(path, max_total_bytes=2_000_000)) == 9
+
+
+def test_a_zip_directory_is_counted_before_zipfile_reads_it(tmp_path: Path) -> None:
+    files, _, _ = image_files()
+    blob = bytearray(write_zip(tmp_path / "d.zip", {**files, **empty_members(500)}).read_bytes())
+    # Its end record claims 9 entries: zipfile trusts the directory's size, not this count.
+    end = blob.rfind(b"PK\x05\x06")
+    blob[end + 8 : end + 12] = (9).to_bytes(2, "little") * 2
+    (tmp_path / "lies.zip").write_bytes(bytes(blob))
+    with pytest.raises(DataError, match="max_members=100 .*central directory entry 101"):
+        load_dataset(tmp_path / "lies.zip", max_members=100)
+    with pytest.raises(DataError, match="max_total_bytes=1000 .*central directory"):
+        load_dataset(tmp_path / "lies.zip", max_total_bytes=1000)
+    npz = write_npz(tmp_path / "d.npz", x=good_x(), y=np.array([0, 1, 0, 1]))
+    with pytest.raises(DataError, match="max_members=1 "):
+        load_dataset(npz, max_members=1)
+
+
+def test_a_huge_extended_tar_header_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    files, _, _ = image_files()
+    path = tmp_path / "pax.tar.gz"
+    with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT) as tf:
+        for rel, blob in files.items():
+            info = tarfile.TarInfo(rel)
+            info.size = len(blob)
+            if rel == "dog/0001.png":
+                info.pax_headers = {"comment": "x" * (2 << 20)}
+            tf.addfile(info, io.BytesIO(blob))
+    with pytest.raises(DataError, match="extended header of 2097.* bytes .*over 1048576"):
+        load_dataset(path)
+
+
+def test_a_chain_of_long_name_headers_is_refused_not_a_crash(tmp_path: Path) -> None:
+    files, _, _ = image_files()
+    link = tarfile.TarInfo("././@LongLink")
+    link.type, link.size = tarfile.GNUTYPE_LONGNAME, 2
+    block = link.tobuf(tarfile.GNU_FORMAT) + b"a\0".ljust(512, b"\0")
+    blob = write_tar(tmp_path / "d.tar", files).read_bytes()
+    (tmp_path / "chain.tar").write_bytes(block * 5000 + blob)
+    with pytest.raises(DataError, match="chain of hundreds of extended headers"):
+        load_dataset(tmp_path / "chain.tar")
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("bell\x07", "control or invisible character U+0007"),
+        ("new\nline", "U+000A"),
+        ("rtl\u202eoverride", "U+202E"),
+        ("\udcff", "bytes that are not UTF-8"),  # how tarfile reads a name that is not UTF-8
+        ("x" * 201, "has 201 characters; names must have 1 to 200"),
+    ],
+)
+def test_unsafe_class_folder_names_are_refused(tmp_path: Path, name: str, message: str) -> None:
+    files, _, _ = image_files()
+    files[f"{name}/0.png"] = files["cat/0000.png"]
+    path = tmp_path / "d.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT, errors="surrogateescape") as tf:
+        for rel, blob in files.items():
+            member = tarfile.TarInfo(rel)
+            member.size = len(blob)
+            tf.addfile(member, io.BytesIO(blob))
+    with pytest.raises(DataError, match="class name") as info:
+        load_dataset(path)
+    assert message in str(info.value)
+    assert "\x07" not in str(info.value)  # shown escaped
+
+
+def test_npz_class_names_are_bounded(tmp_path: Path) -> None:
+    y = np.array([0, 1, 0, 1])
+    for classes, message in [
+        (["ok", "tab\there"], "U+0009"),
+        (["ok", ""], "names must have 1 to 200"),
+        ([f"{i:0200d}" for i in range(5001)], "longer than 1000000 characters"),
+    ]:
+        path = write_npz(tmp_path / "d.npz", x=good_x(), y=y, classes=np.array(classes))
+        with pytest.raises(DataError, match="class name") as info:
+            load_dataset(path)
+        assert message in str(info.value)
+    path = write_npz(tmp_path / "d.npz", x=good_x(), y=y, classes=np.array(["été", "日本"]))
+    assert load_dataset(path).classes == ["été", "日本"]
 
 
 def test_decoded_size_is_limited(tmp_path: Path) -> None:
