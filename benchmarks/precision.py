@@ -34,6 +34,9 @@ from kdcore.weights import freeze
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 128
 IMAGES = {
+    "wrn-16-2 (the CIFAR-10 proof's teacher)": parse_arch(
+        {"family": "wrn", "depth": 16, "width": 2}
+    ),
     "resnet20": parse_arch({"family": "resnet", "depth": 20}),
     "resnet8": parse_arch({"family": "resnet", "depth": 8}),
     "cifar10 example student": parse_arch((ROOT / "examples/cifar10/student.json").read_text()),

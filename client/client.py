@@ -3,7 +3,9 @@
 Uploads stream from disk in 1 MiB chunks and downloads stream to disk, so checkpoints of any
 size never sit in memory. Reads, and job submission (made safe by an ``Idempotency-Key``), are
 retried on transport errors and 502/503/504, honouring ``Retry-After``; uploads and other
-writes are sent once.
+writes are sent once. A ``429`` (a tenant cap: running jobs, sweep points, uploads in
+progress, validations waiting) is not retried: such a cap can last as long as a job runs, so
+the caller gets the error, whose ``retry_after`` and message say when and what to do.
 """
 
 from __future__ import annotations
@@ -584,9 +586,12 @@ def _problem(resp: httpx.Response) -> KDServeAPIError:
             detail if isinstance(detail, str) else json.dumps(detail),
             title=body.get("title"),
             errors=body.get("errors"),
+            retry_after=_retry_after(resp),
         )
     text = resp.text.strip()[:500]
-    return KDServeAPIError(resp.status_code, "http_error", text or resp.reason_phrase)
+    return KDServeAPIError(
+        resp.status_code, "http_error", text or resp.reason_phrase, retry_after=_retry_after(resp)
+    )
 
 
 def _kind(kind: str) -> Kind:

@@ -15,7 +15,8 @@ class KDServeAPIError(KDServeClientError):
 
     ``code`` is the stable machine-readable field (``not_found``, ``invalid``, ``conflict``,
     ``unauthorized``...); ``detail`` is the human sentence; ``errors`` lists field errors of
-    a 422 when the server sent them.
+    a 422 when the server sent them; ``retry_after`` is the response's ``Retry-After`` in
+    seconds (a ``429`` or ``503`` says when to try again), None when it sent none.
     """
 
     def __init__(
@@ -26,6 +27,7 @@ class KDServeAPIError(KDServeClientError):
         *,
         title: str | None = None,
         errors: list[dict[str, Any]] | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(f"HTTP {status} {code}: {detail}")
         self.status = status
@@ -33,6 +35,7 @@ class KDServeAPIError(KDServeClientError):
         self.detail = detail
         self.title = title
         self.errors = errors
+        self.retry_after = retry_after
 
 
 class KDServeConnectionError(KDServeClientError):

@@ -263,6 +263,22 @@ def test_uploads_and_other_writes_are_sent_once(tmp_path: Path) -> None:
     assert calls[0].headers["content-type"] == "application/octet-stream"
 
 
+def test_a_429_is_not_retried_and_carries_retry_after() -> None:
+    """A tenant cap can last as long as a job runs: the caller decides, told when and why."""
+    calls: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        body = _problem(429) | {"code": "too_many_requests", "detail": "4 jobs running"}
+        return httpx.Response(429, headers={"Retry-After": "30"}, json=body)
+
+    kd = _scripted(handler)
+    with pytest.raises(KDServeAPIError) as exc:
+        kd.list_jobs()
+    assert (exc.value.status, exc.value.retry_after, len(calls)) == (429, 30, 1)
+    assert "4 jobs running" in str(exc.value)
+
+
 def test_a_non_problem_error_body_still_raises(tmp_path: Path) -> None:
     kd = _scripted(lambda _r: httpx.Response(418, text="<html>teapot</html>"))
     with pytest.raises(KDServeAPIError) as exc:
