@@ -282,6 +282,33 @@ class MetricPoint(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class JobEvent(Base):
+    """One event of a job, in order: a state change, an epoch's metrics, the final report.
+
+    ``seq`` numbers a job's events 1, 2, ... with no gaps: each is written in the transaction
+    that changes the job row, whose row lock serializes writers, so the next ``seq`` is the
+    largest plus one. It is the event's id on the events endpoint and in server-sent
+    events (``Last-Event-ID``). ``status`` repeats a state event's new status as a column, so
+    that counting transitions needs no JSON operator.
+    """
+
+    __tablename__ = "job_events"
+    __table_args__ = (
+        UniqueConstraint("job_id", "seq"),
+        Index("ix_job_events_kind_status", "kind", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))  # "state", "epoch" or "report"
+    status: Mapped[str | None] = mapped_column(String(16))  # state events: the new status
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Artifact(Base):
     """A finished file of a job; a row exists only once its object is complete in storage."""
 
