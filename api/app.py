@@ -16,8 +16,13 @@ from api.jobs.endpoints import router as jobs_router
 from api.kit import errors
 from api.kit.deps import Services
 from api.kit.gate import Gate
+from api.metrics.endpoints import router as metrics_router
+from api.metrics.requests import RequestMetricsMiddleware
+from api.metrics.scrape import new_request_metrics
+from api.metrics.state import StateCollector, metrics_engine
 from api.sweeps.endpoints import router as sweeps_router
 from api.teachers.endpoints import router as teachers_router
+from store.backlog import service_queues
 from store.blobs import BlobStore, store_from_settings
 from store.db import make_engine, make_sessionmaker
 from store.queue import make_celery
@@ -34,16 +39,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.db_url, pool_size=settings.database_pool_size)
         store = store_from_settings(settings)
+        celery = make_celery(settings)
         app.state.services = Services(
             settings=settings,
             engine=engine,
             sessions=make_sessionmaker(engine),
             store=store,
-            celery=make_celery(settings),
+            celery=celery,
             db_slots=anyio.Semaphore(settings.database_pool_size),
+        )
+        app.state.state_collector = StateCollector(
+            settings, metrics_engine(settings), service_queues(celery)
         )
         _sweep_unfinished_uploads(store)
         yield
+        app.state.state_collector.close()
         engine.dispose()
 
     app = FastAPI(
@@ -56,8 +66,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The key is checked before any body is read; bodies are bounded (JSON small, uploads
     # KDSERVE_MAX_UPLOAD_BYTES) and cut off when they stall.
     app.add_middleware(Gate, upload_paths=(teachers_router.prefix, datasets_router.prefix))
+    # Outside the gate, so that its 401s and 413s are counted too.
+    app.state.request_metrics = new_request_metrics()
+    app.add_middleware(RequestMetricsMiddleware, metrics=app.state.request_metrics)
     for router in (
         health_router,
+        metrics_router,
         teachers_router,
         datasets_router,
         jobs_router,

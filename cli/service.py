@@ -240,20 +240,24 @@ def api(
     with _service_errors():
         import uvicorn
 
+        from api.metrics.procdir import multiprocess_dir
         from store.settings import Settings
 
         settings = Settings()
-        uvicorn.run(
-            "api.app:create_app",
-            factory=True,
-            host=host or settings.api_host,
-            port=port or settings.api_port,
-            workers=workers,
-            log_level=log_level,
-            # Longer than clients keep idle connections (kdserve's client: 2 s), so the server
-            # is not the side that closes a connection a client is about to reuse.
-            timeout_keep_alive=30,
-        )
+        # GET /metrics sums the request counts of every uvicorn process from the files of a
+        # fresh folder (prometheus-client's multiprocess mode), set before the app is imported.
+        with multiprocess_dir():
+            uvicorn.run(
+                "api.app:create_app",
+                factory=True,
+                host=host or settings.api_host,
+                port=port or settings.api_port,
+                workers=workers,
+                log_level=log_level,
+                # Longer than clients keep idle connections (kdserve's client: 2 s), so the
+                # server is not the side that closes a connection a client is about to reuse.
+                timeout_keep_alive=30,
+            )
 
 
 def worker(

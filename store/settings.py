@@ -115,6 +115,15 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
 
+    # -- GET /metrics (Prometheus) -------------------------------------------------------
+    # Unset: /metrics answers anyone who reaches the port, as Prometheus scrapes usually
+    # do. Set it where the API port is public: scrapes then send `Authorization: Bearer
+    # <token>` (Prometheus: `authorization: {credentials_file: ...}`).
+    metrics_token: SecretStr | None = None
+    # How long a scrape waits on the database or the broker (connect, each query) before it
+    # answers without their figures (kdserve_database_up / kdserve_broker_up 0).
+    metrics_timeout_s: float = Field(default=2.0, gt=0, le=30)
+
     @cached_property
     def resolved_home(self) -> Path:
         return self.home.expanduser().resolve()

@@ -52,6 +52,7 @@ from store.blobs import BlobStore, StorageError, StoredObject
 from store.db import transaction
 from store.models import DatasetRecord, Job, JobStatus, Teacher, utcnow
 from store.repositories.assets import AssetRepository
+from store.repositories.metrics import STAGE_SECONDS
 from store.repositories.runs import Claim, LeaseState, NewArtifact, RunRepository
 from store.settings import Settings
 from worker.cache import JobCache
@@ -659,6 +660,9 @@ def _report_metrics(report: Report) -> dict[str, Any]:
             out[key] = value
     if report.exported.get("epoch") is not None:
         out["exported_epoch"] = report.exported["epoch"]
+    # Training time per stage: GET /metrics's kdserve_stage_duration_seconds reads these.
+    for stage, seconds in report.stage_seconds.items():
+        out[f"{STAGE_SECONDS}{stage}"] = seconds
     return out
 
 

@@ -458,3 +458,65 @@ def test_celery_app_path_names_the_app(services: dict[str, Any]) -> None:
             if isinstance(t, ast.Name)
         }
         assert attribute in assigned, f"{name}: {module} defines no {attribute!r}"
+
+
+# -- prometheus ------------------------------------------------------------------------------
+
+PROMETHEUS_CONFIG = "/etc/prometheus/prometheus.yml"
+
+
+def _prometheus_config(prometheus: dict[str, Any]) -> dict[str, Any]:
+    """The repository file compose mounts as Prometheus's configuration, parsed."""
+    import yaml
+
+    from tests.deploy.support import ROOT
+
+    mounts = [str(v).split(":") for v in prometheus.get("volumes", [])]
+    sources = [m[0] for m in mounts if m[1] == PROMETHEUS_CONFIG]
+    assert len(sources) == 1, f"mount one file at {PROMETHEUS_CONFIG}"
+    assert [m for m in mounts if m[1] == PROMETHEUS_CONFIG][0][2:] == ["ro"], "mount it read-only"
+    path = (ROOT / sources[0]).resolve()
+    assert path.is_file(), f"{sources[0]} does not exist"
+    assert path.is_relative_to(ROOT), "the configuration lives in the repository"
+    config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert isinstance(config, dict)
+    return config
+
+
+def test_prometheus_scrapes_the_api_service_on_the_port_it_listens_on(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from api.metrics.endpoints import router as metrics_router
+
+    prometheus = services["prometheus"]
+    image = prometheus["image"]
+    assert image.startswith("prom/prometheus:v"), "a pinned release of the upstream image"
+    assert f"--config.file={PROMETHEUS_CONFIG}" in command(prometheus)
+    jobs = _prometheus_config(prometheus)["scrape_configs"]
+    targets = [t for job in jobs for sc in job.get("static_configs", []) for t in sc["targets"]]
+    api = settings_for(services["api"], monkeypatch)
+    # The target is compose's `api` service by name, on the port `kdserve api` binds there
+    # (the container's port, not the host's published one).
+    assert targets == [f"api:{api.api_port}"]
+    assert "api" in services
+    assert api.api_host == "0.0.0.0"
+    container_ports = [str(p).rsplit(":", 1)[-1] for p in services["api"]["ports"]]
+    assert str(api.api_port) in container_ports
+    (job,) = jobs
+    assert job.get("metrics_path", "/metrics") in {
+        getattr(r, "path", None) for r in metrics_router.routes
+    }
+    assert job.get("scheme", "http") == "http"
+
+
+def test_prometheus_keeps_its_data_and_listens_on_this_host_only(
+    compose: dict[str, Any], services: dict[str, Any]
+) -> None:
+    prometheus = services["prometheus"]
+    named = set(compose.get("volumes") or {})
+    mounts = [str(v).split(":") for v in prometheus["volumes"]]
+    assert any(m[0] in named and m[1] == "/prometheus" for m in mounts)
+    assert "--storage.tsdb.path=/prometheus" in command(prometheus)
+    assert all(str(p).startswith("127.0.0.1:") for p in prometheus["ports"]), "localhost only"
+    assert any(str(p).endswith(":9090") for p in prometheus["ports"])
+    assert prometheus["healthcheck"]["test"]

@@ -98,6 +98,8 @@ def test_a_scratch_job_succeeds_with_artifacts_and_metrics(env: Env, world: Worl
         assert a.uri == env.store.uri(job_key(world.tenant_id, job_id, "artifacts", name))
     report = json.loads(env.read(artifacts["report.json"].uri))
     assert report["student"]["accuracy"] == job.metrics["student_accuracy"]
+    # Each stage's training time, for GET /metrics's kdserve_stage_duration_seconds.
+    assert job.metrics["stage_seconds_scratch"] == report["stage_seconds"]["scratch"] > 0
 
     points = env.points(job_id)
     assert {p.step for p in points} == {1, 2}
@@ -125,6 +127,8 @@ def test_a_fitnet_job_runs_both_stages(
     assert (job.status, job.stage, job.epoch) == (JobStatus.succeeded, "kd", 2)
     assert "teacher_accuracy" in job.metrics
     assert "compression" in job.metrics
+    assert job.metrics["stage_seconds_hint"] > 0
+    assert job.metrics["stage_seconds_kd"] > 0
     assert "student.torchscript.pt" in pg_env.artifacts(job_id)
     by_step: dict[int, set[str]] = {}
     for p in pg_env.points(job_id):
