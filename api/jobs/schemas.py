@@ -2,9 +2,18 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapSerializer,
+    WrapValidator,
+)
 
 from api.kit.schemas import PLAIN_TEXT
 from kdcore.contract import ArchSpec, DistillConfig
@@ -22,6 +31,28 @@ class JobCreate(BaseModel):
     name: str | None = Field(default=None, max_length=200, pattern=PLAIN_TEXT)
 
 
+def _as_stored(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """A stored spec that today's contract refuses is shown as stored: it passed the contract
+    of its day (a later release may have narrowed a range), and reading a job must not fail
+    for that. New requests are parsed by the strict types (:class:`JobCreate`)."""
+    try:
+        return handler(value)
+    except ValidationError:
+        return value
+
+
+def _dump_stored(value: Any, handler: SerializerFunctionWrapHandler) -> Any:
+    return value if isinstance(value, dict) else handler(value)
+
+
+_STORED = (WrapValidator(_as_stored), WrapSerializer(_dump_stored))
+StoredArch = Annotated[ArchSpec, *_STORED]
+StoredConfig = Annotated[DistillConfig, *_STORED]
+
+
+StoredJobCreate = Annotated[JobCreate, *_STORED]  # a sweep's base, as stored
+
+
 class JobError(BaseModel):
     code: str
     message: str
@@ -35,8 +66,8 @@ class JobPublic(BaseModel):
     teacher_id: uuid.UUID | None
     dataset_id: uuid.UUID
     val_dataset_id: uuid.UUID | None
-    student: ArchSpec
-    config: DistillConfig
+    student: StoredArch
+    config: StoredConfig
     stage: str | None
     epoch: int | None
     progress: float

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from api.jobs.schemas import ArtifactPublic, JobCreate, JobError
+from api.jobs.schemas import ArtifactPublic, JobCreate, JobError, StoredJobCreate
 from api.kit.schemas import PLAIN_TEXT
 from kdcore.contract import HintConfig
 from store.models import JobStatus
@@ -111,7 +111,7 @@ class SweepPublic(BaseModel):
         "succeeded; else failed, or canceled when a point was canceled"
     )
     metric: SweepMetric
-    base: JobCreate
+    base: StoredJobCreate
     grid: dict[str, Any] = Field(description="the grid as sent (a SweepGrid)")
     scratch: bool
     counts: SweepCounts

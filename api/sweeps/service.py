@@ -204,7 +204,7 @@ def _public(
         name=sweep.name,
         status=_status(counts),
         metric=metric,
-        base=JobCreate.model_validate(sweep.base),
+        base=sweep.base,
         grid=sweep.grid,
         scratch=sweep.scratch,
         counts=SweepCounts(**{s.value: counts[s] for s in JobStatus}),
