@@ -44,16 +44,20 @@ def log(env: Env, job_id: uuid.UUID) -> list[tuple[int, str, str | None, dict[st
 
 def epoch(env: Env, job_id: uuid.UUID, lease: str, step: int) -> bool:
     with transaction(env.sessions) as s:
-        return RunRepository(s).record_epoch(
-            job_id,
-            lease=lease,
-            now=utcnow(),
-            step=step,
-            points={"val_accuracy": step / 10},
-            stage="kd",
-            epoch=step,
-            progress=step / 2,
-        ).held
+        return (
+            RunRepository(s)
+            .record_epoch(
+                job_id,
+                lease=lease,
+                now=utcnow(),
+                step=step,
+                points={"val_accuracy": step / 10},
+                stage="kd",
+                epoch=step,
+                progress=step / 2,
+            )
+            .held
+        )
 
 
 def test_a_job_that_succeeds_logs_queued_running_its_epochs_succeeded_then_its_report(
