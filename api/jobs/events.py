@@ -61,8 +61,9 @@ def resume_point(last_event_id: str | None, after: int | None) -> int:
     """Where a stream starts: after ``Last-Event-ID`` (what a reconnecting EventSource
     sends), else after ``?after``, else from the first event. An id that is not a number
     (no event of this service has one) starts from the first event."""
-    if last_event_id is not None and last_event_id.strip().isdigit():
-        return int(last_event_id.strip())
+    value = (last_event_id or "").strip()
+    if value.isascii() and value.isdigit():  # not "²", which isdigit() also accepts
+        return int(value)
     return after or 0
 
 

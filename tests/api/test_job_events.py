@@ -220,3 +220,15 @@ def test_only_an_accept_naming_the_event_stream_gets_one(accept: str, streams: b
     from api.jobs.events import wants_stream
 
     assert wants_stream(accept) is streams
+
+
+@pytest.mark.parametrize(
+    ("last_event_id", "after", "start"),
+    [("4", None, 4), (" 7 ", 2, 7), (None, 3, 3), ("x", 3, 3), ("\u00b2", None, 0), ("", None, 0)],
+)
+def test_a_stream_resumes_after_last_event_id_else_after(
+    last_event_id: str | None, after: int | None, start: int
+) -> None:
+    from api.jobs.events import resume_point
+
+    assert resume_point(last_event_id, after) == start
