@@ -232,3 +232,25 @@ def test_a_stream_resumes_after_last_event_id_else_after(
     from api.jobs.events import resume_point
 
     assert resume_point(last_event_id, after) == start
+
+
+def test_a_sweeps_points_log_queued_and_its_cancel_logs_canceled(
+    client: TestClient, sessions: sessionmaker[Session], alice: Tenancy
+) -> None:
+    with sessions() as s, s.begin():
+        dataset = str(create_dataset(s, alice.id).id)
+    config = {"method": "scratch", "epochs": 2, "batch_size": 8}
+    base = {"dataset_id": dataset, "student": MLP, "config": config}
+    r = client.post(
+        "/v1/sweeps", headers=alice.headers, json={"base": base, "grid": {"seed": [1, 2]}}
+    )
+    assert r.status_code == 202, r.text
+    sweep = r.json()
+    jobs = [p["job_id"] for p in sweep["points"]]
+    for job_id in jobs:
+        assert [e["status"] for e in events(client, alice, job_id)["items"]] == ["queued"]
+
+    assert client.post(f"/v1/sweeps/{sweep['id']}/cancel", headers=alice.headers).status_code == 202
+    for job_id in jobs:
+        last = events(client, alice, job_id)["items"][-1]
+        assert (last["status"], last["data"]["error"]["code"]) == ("canceled", "canceled")
