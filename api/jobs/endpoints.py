@@ -89,7 +89,9 @@ def list_jobs(
     return JobList(items=[service.to_public(j) for j in page], next_cursor=nxt)
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses={**NOT_MODIFIED, **problems(401, 404)})
+@router.get(
+    "/{job_id}", response_model=JobPublic, responses={**NOT_MODIFIED, **problems(401, 404, 422)}
+)
 def get_job(
     job_id: str, session: SessionDep, tenant: TenantDep, if_none_match: IfNoneMatch = None
 ) -> Response:
