@@ -9,7 +9,6 @@ could not be reached.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -351,11 +350,15 @@ def jobs_submit(
 @jobs_app.command("watch")
 def jobs_watch(
     job_id: IdArg,
-    interval: Annotated[float, typer.Option("--interval", help="Seconds between polls.")] = 1.0,
+    interval: Annotated[
+        float,
+        typer.Option("--interval", help="Seconds before reopening a stream that ended early."),
+    ] = 1.0,
     url: UrlOpt = None,
     api_key: KeyOpt = None,
 ) -> None:
-    """Follow a job until it ends: exit 0 if it succeeded, 1 if it failed or was canceled."""
+    """Follow a job's events until it ends: exit 0 if it succeeded, 1 if it failed or was
+    canceled."""
     with _remote(url, api_key) as kd:
         job = _watch(kd, job_id, interval)
     _finish(job)
@@ -500,22 +503,19 @@ def _print_asset(obj: dict[str, Any], what: str) -> None:
 
 
 def _watch(kd: KDServeClient, job_id: str, interval: float) -> dict[str, Any]:
-    """Poll until the job is final: a live bar on a terminal, else a line per change."""
+    """Follow the job's events until it is final: a live bar on a terminal, else a line per
+    change; returns the job as it ended."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from client import FINAL_JOB_STATES
-
+    job: dict[str, Any] = {}
     if not out.is_terminal:
         last = ""
-        while True:
-            job = kd.get_job(job_id)
+        for job in _views(kd, job_id, interval):
             line = f"{_stage(job)} {job['progress']:.0%} {_metrics(job)}".strip()
             if line != last:
                 print(line, flush=True)
                 last = line
-            if job["status"] in FINAL_JOB_STATES:
-                return job
-            time.sleep(interval)
+        return job
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -526,17 +526,35 @@ def _watch(kd: KDServeClient, job_id: str, interval: float) -> dict[str, Any]:
     )
     with bar:
         task = bar.add_task(job_id[:8], total=1.0, info="")
-        while True:
-            job = kd.get_job(job_id)
+        for job in _views(kd, job_id, interval):
             bar.update(
                 task,
                 completed=job["progress"],
                 description=_stage(job),
                 info=escape(_metrics(job)),
             )
-            if job["status"] in FINAL_JOB_STATES:
-                return job
-            time.sleep(interval)
+    return job
+
+
+def _views(kd: KDServeClient, job_id: str, interval: float) -> Iterator[dict[str, Any]]:
+    """The job as each of its events leaves it (status, stage, epoch, progress, latest
+    metrics), from its first event on, then as ``GET`` returns it once final (its metrics
+    and error whole). A ``succeeded`` state is shown with the report that follows it."""
+    view: dict[str, Any] = {"id": job_id, "status": "queued", "progress": 0.0, "metrics": {}}
+    for event in kd.job_events(job_id, reconnect_wait=interval):
+        data = event["data"]
+        if event["kind"] == "state":
+            view["status"] = event["status"]
+            if event["status"] == "succeeded":
+                continue  # its report follows, written in the same transaction
+        elif event["kind"] == "epoch":
+            view.update({k: data[k] for k in ("stage", "epoch", "progress") if k in data})
+            view["metrics"] = {**view["metrics"], **data.get("metrics", {})}
+        else:  # the report
+            view["progress"] = 1.0
+            view["metrics"] = {**view["metrics"], **data.get("metrics", {})}
+        yield dict(view)
+    yield kd.get_job(job_id)
 
 
 def _finish(job: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -215,6 +215,72 @@ class KDServeClient:
             "GET", f"/v1/jobs/{_seg(job_id)}/metrics", retry=True
         )["series"]
         return series
+
+    def list_job_events(self, job_id: str, *, after: int = 0, page_size: int = 1000) -> list[JSON]:
+        """The job's events written so far, after event ``after``, in order (all pages):
+        ``{id, kind, status, data, created_at}``."""
+        out: list[JSON] = []
+        cursor: int | None = after
+        while cursor is not None:
+            page = self._json(
+                "GET",
+                f"/v1/jobs/{_seg(job_id)}/events",
+                params={"after": cursor, "limit": page_size},
+                retry=True,
+            )
+            out += page["items"]
+            cursor = page["next_after"]
+        return out
+
+    def job_events(
+        self, job_id: str, *, after: int = 0, reconnect_wait: float = 1.0
+    ) -> Iterator[JSON]:
+        """Follow the job's events as they are written (server-sent events), from the one
+        after ``after`` until the job's last: its report, or a failed or canceled state.
+
+        A dropped connection is reopened with ``Last-Event-ID``, so no event is lost or
+        repeated; transport errors and 502/503/504 are retried like reads (``retries``
+        times in a row, honouring ``Retry-After``). A stream the server ends early (its
+        ``KDSERVE_EVENT_STREAM_MAX_S``) is reopened too, after ``reconnect_wait`` seconds,
+        unless the job is final.
+        """
+        url = self._url(f"/v1/jobs/{_seg(job_id)}/events")
+        last, failures, final = after, 0, False
+        while True:
+            headers = {**self._auth(), "Accept": "text/event-stream"}
+            if last:
+                headers["Last-Event-ID"] = str(last)
+            try:
+                with self._http.stream("GET", url, headers=headers) as resp:
+                    if resp.is_error:
+                        resp.read()
+                        if resp.status_code not in _RETRY_STATUSES or failures >= self.retries:
+                            raise _problem(resp)
+                        failures += 1
+                        self._sleep(_retry_after(resp) or min(0.5 * 2**failures, 8.0))
+                        continue
+                    for event in parse_sse(resp.iter_lines()):
+                        failures = 0
+                        last = int(event["id"])
+                        yield event
+                        if is_last_event(event):
+                            return
+            except _RETRY_ERRORS as exc:
+                failures += 1
+                if failures > self.retries:
+                    raise self._unreachable(exc) from exc
+                self._sleep(min(0.5 * 2**failures, 8.0))
+                continue
+            except httpx.TransportError as exc:
+                raise self._unreachable(exc) from exc
+            # The server ended the stream before the job's last event: the job ended
+            # without one (a job older than the event log), or the stream reached its time
+            # limit. Once the job is final, one more stream drains what is left.
+            if final:
+                return
+            final = self.get_job(job_id)["status"] in FINAL_JOB_STATES
+            if not final:
+                self._sleep(reconnect_wait)
 
     def job_report(self, job_id: str) -> JSON:
         """The engine's report.json (teacher vs student)."""
@@ -554,6 +620,31 @@ class _Attempt:
 class _Retry(Exception):
     def __init__(self, after: float | None, error: KDServeAPIError) -> None:
         self.after, self.error = after, error
+
+
+def is_last_event(event: JSON) -> bool:
+    """A job's last event: its report, or a final state without one (failed, canceled)."""
+    return event.get("kind") == "report" or (
+        event.get("kind") == "state" and event.get("status") in ("failed", "canceled")
+    )
+
+
+def parse_sse(lines: Iterable[str]) -> Iterator[JSON]:
+    """The ``data`` of each server-sent event, parsed as JSON (the event as the JSON
+    endpoint has it), as the HTML standard parses an event stream: ``data`` lines joined by
+    newlines, dispatched at a blank line; comments (``:``), ``event``, ``id`` and ``retry``
+    lines carry nothing the data does not."""
+    data: list[str] = []
+    for raw in lines:
+        line = raw.rstrip("\r\n")
+        if not line:
+            if data:
+                yield json.loads("\n".join(data))
+            data = []
+            continue
+        name, _, value = line.partition(":")
+        if name == "data":
+            data.append(value.removeprefix(" "))
 
 
 def _retry_after(resp: httpx.Response) -> float | None:

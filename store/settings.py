@@ -111,6 +111,17 @@ class Settings(BaseSettings):
     # header to read, so an archive of millions of empty members is refused at validation.
     dataset_max_members: int = Field(default=1_000_000, ge=1)
 
+    # -- job events (GET /v1/jobs/{id}/events as server-sent events) ----------------------
+    # Streams open at once in one API process: per tenant, and in all (past either: 429).
+    # Each holds a connection and polls the database; none holds a session while waiting.
+    max_event_streams_per_tenant: int = Field(default=8, ge=1)
+    max_event_streams: int = Field(default=256, ge=1)
+    event_poll_interval_s: float = Field(default=0.5, gt=0)  # how often a stream looks
+    event_keepalive_s: float = Field(default=15.0, gt=0)  # a comment after this long idle
+    # A stream ends after this long (the client resumes with Last-Event-ID), so a
+    # connection is never held for a whole job and redeploys move streams along.
+    event_stream_max_s: float = Field(default=3600.0, gt=0)
+
     # -- API -----------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = 8000

@@ -3,22 +3,26 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
+from sqlalchemy.orm import Session
 
-from api.kit.deps import ServicesDep, SessionDep, TenantDep, parse_id
+from api.kit.deps import ServicesDep, SessionDep, TenantDep, in_transaction, parse_id
 from api.kit.errors import Conflict, NotFound, Unavailable, problems
+from api.kit.etag import json_or_304
 from api.kit.pagination import decode_cursor, split_page
 from api.kit.routing import BoundedJsonRoute
 from api.kit.schemas import DEFAULT_PAGE, MAX_PAGE
 from store.blobs import StorageError
 from store.models import Job, JobStatus, Tenant
+from store.repositories import events as event_log
 from store.repositories.jobs import JobRepository
 
-from . import service
+from . import events, service
 from .schemas import (
     ArtifactList,
     ArtifactPublic,
+    EventList,
     JobCreate,
     JobList,
     JobMetrics,
@@ -27,6 +31,15 @@ from .schemas import (
 )
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=BoundedJsonRoute)
+
+DEFAULT_EVENTS_PAGE, MAX_EVENTS_PAGE = 100, 1000
+MAX_SEQ = 2**31 - 1  # the seq column's range
+NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
+    304: {"description": "Not modified: the `If-None-Match` ETag is current"}
+}
+IfNoneMatch = Annotated[
+    str | None, Header(max_length=1000, description="an ETag of an earlier answer: 304 if current")
+]
 
 
 def _job(session: SessionDep, tenant: Tenant, job_id: str) -> tuple[JobRepository, Job]:
@@ -76,11 +89,63 @@ def list_jobs(
     return JobList(items=[service.to_public(j) for j in page], next_cursor=nxt)
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses=problems(401, 404))
-def get_job(job_id: str, session: SessionDep, tenant: TenantDep) -> JobPublic:
-    """A job's status, stage, epoch, progress, latest metrics and error."""
+@router.get(
+    "/{job_id}", response_model=JobPublic, responses={**NOT_MODIFIED, **problems(401, 404, 422)}
+)
+def get_job(
+    job_id: str, session: SessionDep, tenant: TenantDep, if_none_match: IfNoneMatch = None
+) -> Response:
+    """A job's status, stage, epoch, progress, latest metrics and error; with an `ETag`
+    (send it back as `If-None-Match`: 304 while the job is unchanged)."""
     _, job = _job(session, tenant, job_id)
-    return service.to_public(job)
+    return json_or_304(service.to_public(job), if_none_match)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_model=EventList,
+    responses={
+        200: {
+            "description": "A page of events (JSON), or with `Accept: text/event-stream` "
+            "server-sent events: `id` the event's number, `event` its kind, `data` the event "
+            "as JSON; the stream ends after the job's final state (and report)",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **NOT_MODIFIED,
+        **problems(401, 404, 422, 429),
+    },
+)
+async def job_events(
+    job_id: str,
+    request: Request,
+    tenant: TenantDep,
+    services: ServicesDep,
+    after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_EVENTS_PAGE)] = DEFAULT_EVENTS_PAGE,
+    last_event_id: Annotated[
+        str | None, Header(max_length=20, description="resume a stream after this event")
+    ] = None,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    """The job's events in order (state changes, each epoch's metrics, the report): pages
+    after `after`, or a live stream of server-sent events with `Accept: text/event-stream`
+    (resumed after `Last-Event-ID`)."""
+    jid = parse_id(job_id, "job")
+    stream = events.wants_stream(request.headers.get("accept"))
+    start = min(events.resume_point(last_event_id, after) if stream else after or 0, MAX_SEQ)
+
+    def read(session: Session) -> event_log.Batch:
+        # A short transaction: a stream must not hold a session while it waits.
+        if JobRepository(session, tenant.id).get(jid) is None:
+            raise NotFound(f"no job {job_id}")
+        return event_log.after(session, jid, after=start, limit=0 if stream else limit + 1)
+
+    batch = await in_transaction(services, read)
+    if stream:
+        return events.EventStream(
+            events.stream(services, jid, start), services=services, tenant=tenant.id
+        )
+    return json_or_304(events.page(batch, limit), if_none_match)
 
 
 @router.post(

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -113,3 +113,23 @@ class ArtifactPublic(BaseModel):
 
 class ArtifactList(BaseModel):
     items: list[ArtifactPublic]
+
+
+class EventPublic(BaseModel):
+    """One event of a job: a state change (`status`, `data.error`), an epoch's metrics
+    (`data.stage`, `epoch`, `step`, `progress`, `metrics`) or the final report (`data.metrics`,
+    `choices`, `warnings`, `artifacts`)."""
+
+    id: int = Field(description="the event's number in its job: 1, 2, ... without gaps")
+    kind: Literal["state", "epoch", "report"]
+    status: JobStatus | None = Field(description="state events: the job's new status")
+    data: dict[str, Any]
+    created_at: datetime
+
+
+class EventList(BaseModel):
+    items: list[EventPublic]
+    next_after: int | None = Field(
+        description="pass as `after` for the next page; null: these are all the events "
+        "written so far"
+    )

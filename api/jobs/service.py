@@ -28,6 +28,7 @@ from kdcore.contract import (
 )
 from store.models import AssetStatus, DatasetRecord, Job, Teacher, Tenant
 from store.queue import RUN_JOB, fair_priority
+from store.repositories import events
 from store.repositories.catalog import DatasetRepository, TeacherRepository
 from store.repositories.jobs import JobRepository
 from store.repositories.limits import lock_tenant, pending_jobs
@@ -94,6 +95,7 @@ def submit(
     try:
         with session.begin_nested():
             jobs.add(job)
+            events.queued(session, [job])
     except IntegrityError:  # the same Idempotency-Key raced in: return the first job
         existing = jobs.by_idempotency_key(idempotency_key or "")
         if existing is None:

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from api.kit.errors import Unauthorized
+from api.kit.streams import StreamSlots
 from store import keys
 from store.blobs import BlobStore
 from store.models import ApiKey, Tenant
@@ -44,6 +45,8 @@ class Services:
     celery: Celery
     # How many requests may hold a database session at once (`db_slot`).
     db_slots: anyio.Semaphore = field(default_factory=lambda: anyio.Semaphore(10))
+    # Event streams open in this process (`GET /v1/jobs/{id}/events`, api.kit.streams).
+    streams: StreamSlots = field(default_factory=StreamSlots)
 
 
 def get_services(request: Request) -> Services:

@@ -21,6 +21,7 @@ from api.kit.idempotency import check_same_request, request_hash
 from kdcore.contract import DistillConfig, epoch_rank, epochs_before_stage
 from store.models import Job, JobStatus, MetricPoint, Sweep, Tenant
 from store.queue import RUN_JOB, fair_priority
+from store.repositories import events
 from store.repositories.jobs import JobRepository
 from store.repositories.limits import lock_tenant, pending_jobs
 from store.repositories.sweeps import SweepRepository
@@ -109,6 +110,7 @@ def submit(
     try:
         with session.begin_nested():
             sweeps.add(sweep, jobs)
+            events.queued(session, jobs)
     except IntegrityError:  # the same Idempotency-Key raced in: return the first sweep
         existing = sweeps.by_idempotency_key(idempotency_key or "")
         if existing is None:

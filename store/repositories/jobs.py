@@ -11,6 +11,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from store.models import Artifact, Job, JobStatus, MetricPoint, utcnow
+from store.repositories import events
 from store.repositories.common import page
 
 
@@ -60,8 +61,10 @@ class JobRepository:
         )
 
     def cancel_queued(self, job_id: uuid.UUID) -> bool:
-        """Queued → canceled at once (compare-and-set: a worker may be claiming it)."""
+        """Queued → canceled at once (compare-and-set: a worker may be claiming it), with
+        its state event."""
         now = utcnow()
+        message = "canceled before it started"
         result = self.session.execute(
             update(Job)
             .where(
@@ -72,10 +75,20 @@ class JobRepository:
                 finished_at=now,
                 updated_at=now,
                 error_code="canceled",
-                error_message="canceled before it started",
+                error_message=message,
             )
         )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+        if not result.rowcount:  # type: ignore[attr-defined]
+            return False
+        events.state(
+            self.session,
+            job_id,
+            JobStatus.canceled,
+            error_code="canceled",
+            error_message=message,
+            now=now,
+        )
+        return True
 
     def request_cancel(self, job_id: uuid.UUID) -> bool:
         """Running → ask the worker to stop; it polls this flag between steps."""

@@ -5,6 +5,10 @@ job. Every write an attempt makes afterwards is guarded by ``lease = :lease AND 
 'running'``: once the reaper has given the job to another attempt (or the job ended), the
 old attempt's writes match no row, and it learns that it lost the job.
 
+A write that changes the job's state, an epoch's metrics or the final report appends the
+job's next event (:mod:`store.repositories.events`) in the same transaction, only when its
+guarded UPDATE changed the row: a write that lost its lease leaves no event either.
+
 Each method does its work on the session it was built with and never commits: the caller
 owns the transaction (``store.db.transaction``). Times are computed in Python and compared
 in SQL through bound parameters, which behaves the same on Postgres (``timestamptz``) and
@@ -36,6 +40,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session
 
 from store.models import Artifact, Job, JobStatus, MetricPoint
+from store.repositories import events
 
 WORKER_LOST = "worker_lost"
 
@@ -122,20 +127,33 @@ class RunRepository:
             )
         )
         if taken:
+            attempt = self.session.scalar(select(Job.attempts).where(Job.id == job_id))
+            events.state(self.session, job_id, JobStatus.running, now=now, attempt=attempt)
             return Claim.claimed
+        message = worker_lost_message(max_attempts)
         failed = self._execute(
             update(Job)
             .where(claimable, Job.attempts >= max_attempts)
             .values(
                 status=JobStatus.failed,
                 error_code=WORKER_LOST,
-                error_message=worker_lost_message(max_attempts),
+                error_message=message,
                 lease=None,
                 finished_at=now,
                 updated_at=now,
             )
         )
-        return Claim.exhausted if failed else Claim.skipped
+        if not failed:
+            return Claim.skipped
+        events.state(
+            self.session,
+            job_id,
+            JobStatus.failed,
+            error_code=WORKER_LOST,
+            error_message=message,
+            now=now,
+        )
+        return Claim.exhausted
 
     def get(self, job_id: uuid.UUID) -> Job | None:
         return self.session.get(Job, job_id)
@@ -166,10 +184,12 @@ class RunRepository:
         points: Mapping[str, float],
         **values: Any,
     ) -> LeaseState:
-        """Progress plus one metric point per key at ``step`` (epochs completed so far).
+        """Progress plus one metric point per key at ``step`` (epochs completed so far),
+        and an ``epoch`` event.
 
         Points at ``step`` or later are replaced: an attempt that resumes from an earlier
-        checkpoint redoes those epochs, and its values are the ones the weights match.
+        checkpoint redoes those epochs, and its values are the ones the weights match. Its
+        events are appended: the log keeps both attempts' epochs, after the requeue.
         """
         state = self.touch(job_id, lease=lease, now=now, **values)
         if not state.held:
@@ -185,6 +205,9 @@ class RunRepository:
                     for k, v in points.items()
                 ],
             )
+        data = {key: values.get(key) for key in ("stage", "epoch", "progress")}
+        data |= {"step": step, "metrics": {k: float(v) for k, v in points.items()}}
+        events.append(self.session, job_id, "epoch", data, now=now)
         return state
 
     def finish(
@@ -198,23 +221,31 @@ class RunRepository:
         error_message: str | None = None,
         **values: Any,
     ) -> bool:
-        """Write a final state, if ``lease`` still holds the job."""
+        """Write a final state (and its event), if ``lease`` still holds the job."""
         assert status.final
-        return bool(
-            self._execute(
-                update(Job)
-                .where(self._guarded(job_id, lease))
-                .values(
-                    status=status,
-                    error_code=error_code,
-                    error_message=error_message,
-                    lease=None,
-                    finished_at=now,
-                    updated_at=now,
-                    **values,
-                )
+        if not self._execute(
+            update(Job)
+            .where(self._guarded(job_id, lease))
+            .values(
+                status=status,
+                error_code=error_code,
+                error_message=error_message,
+                lease=None,
+                finished_at=now,
+                updated_at=now,
+                **values,
             )
+        ):
+            return False
+        events.state(
+            self.session,
+            job_id,
+            status,
+            error_code=error_code,
+            error_message=error_message,
+            now=now,
         )
+        return True
 
     def succeed(
         self,
@@ -229,7 +260,8 @@ class RunRepository:
     ) -> bool:
         """Mark the job succeeded and list its artifacts (replacing an earlier attempt's);
         ``choices``: the automatic choices the run resolved, ``warnings`` what it could not
-        do but did not fail for (both ``report.json``'s)."""
+        do but did not fail for (both ``report.json``'s). Events: the ``succeeded`` state,
+        then a ``report`` (metrics, choices, warnings, artifact names)."""
         if not self.finish(
             job_id,
             lease=lease,
@@ -258,6 +290,13 @@ class RunRepository:
                     for a in artifacts
                 ],
             )
+        report = {
+            "metrics": metrics,
+            "choices": choices or {},
+            "warnings": list(warnings),
+            "artifacts": sorted(a.name for a in artifacts),
+        }
+        events.append(self.session, job_id, "report", report, now=now)
         return True
 
     # -- reaping ----------------------------------------------------------------------------
@@ -277,43 +316,53 @@ class RunRepository:
         self, job_id: uuid.UUID, *, stale_before: datetime, max_attempts: int, now: datetime
     ) -> bool:
         """Hand a stale job back to the queue, if it has attempts left (compare-and-set)."""
-        return bool(
-            self._execute(
-                update(Job)
-                .where(
-                    Job.id == job_id,
-                    Job.status == JobStatus.running,
-                    Job.heartbeat_at < stale_before,
-                    Job.attempts < max_attempts,
-                )
-                .values(status=JobStatus.queued, lease=None, updated_at=now)
+        if not self._execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.status == JobStatus.running,
+                Job.heartbeat_at < stale_before,
+                Job.attempts < max_attempts,
             )
-        )
+            .values(status=JobStatus.queued, lease=None, updated_at=now)
+        ):
+            return False
+        events.state(self.session, job_id, JobStatus.queued, now=now, reason=WORKER_LOST)
+        return True
 
     def fail_lost(
         self, job_id: uuid.UUID, *, stale_before: datetime, max_attempts: int, now: datetime
     ) -> bool:
         """Fail a stale job that has used all its attempts (compare-and-set)."""
         attempts = self.session.scalar(select(Job.attempts).where(Job.id == job_id))
-        return bool(
-            self._execute(
-                update(Job)
-                .where(
-                    Job.id == job_id,
-                    Job.status == JobStatus.running,
-                    Job.heartbeat_at < stale_before,
-                    Job.attempts >= max_attempts,
-                )
-                .values(
-                    status=JobStatus.failed,
-                    error_code=WORKER_LOST,
-                    error_message=worker_lost_message(attempts or max_attempts),
-                    lease=None,
-                    finished_at=now,
-                    updated_at=now,
-                )
+        message = worker_lost_message(attempts or max_attempts)
+        if not self._execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.status == JobStatus.running,
+                Job.heartbeat_at < stale_before,
+                Job.attempts >= max_attempts,
             )
+            .values(
+                status=JobStatus.failed,
+                error_code=WORKER_LOST,
+                error_message=message,
+                lease=None,
+                finished_at=now,
+                updated_at=now,
+            )
+        ):
+            return False
+        events.state(
+            self.session,
+            job_id,
+            JobStatus.failed,
+            error_code=WORKER_LOST,
+            error_message=message,
+            now=now,
         )
+        return True
 
     def unclaimed(self, *, queued_before: datetime, limit: int = 100) -> list[uuid.UUID]:
         """Queued jobs untouched since ``queued_before``: their message may have been lost."""

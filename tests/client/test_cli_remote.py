@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from cli.main import app
 from client import KDServeClient
 from store.db import transaction
 from store.keys import hash_key
-from store.models import ApiKey, AssetStatus, CacheEntry, JobStatus
+from store.models import ApiKey, AssetStatus, CacheEntry, JobStatus, utcnow
+from store.repositories.runs import RunRepository
 from tests.client.factories import (
     DIGITS,
     Server,
@@ -141,34 +143,45 @@ def test_a_refused_submit_prints_the_problem_and_exits_2(tmp_path: Path, server:
     assert "Traceback" not in result.output
 
 
-def test_jobs_watch_prints_a_line_per_change_until_success(
-    tmp_path: Path, server: Server, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_jobs_watch_prints_a_line_per_change_until_success(tmp_path: Path, server: Server) -> None:
     job = _submitted_job(tmp_path, server)
-    states = iter(
-        [
-            {"status": JobStatus.running, "stage": "train", "epoch": 1, "progress": 0.25,
-             "metrics": {"loss": 1.5, "lr": 0.05}},
-            {},  # nothing changed since the last poll: no line
-            {"epoch": 2, "progress": 0.5, "metrics": {"loss": 0.75, "val_acc": 0.8}},
-            {"status": JobStatus.succeeded, "progress": 1.0},
-        ]
-    )  # fmt: skip
-    real_get = KDServeClient.get_job
+    jid, now = uuid.UUID(job), utcnow()
+    with transaction(server.sessions) as s:  # what a worker writes, events included
+        runs = RunRepository(s)
+        assert runs.claim(jid, lease="l", now=now, stale_before=now, max_attempts=3)
+        for epoch, metrics in enumerate(
+            [{"loss": 1.5, "lr": 0.05}, {"loss": 0.75, "val_acc": 0.8}], start=1
+        ):
+            progress = {"stage": "train", "epoch": epoch, "progress": epoch / 4}
+            runs.record_epoch(jid, lease="l", now=now, step=epoch, points=metrics, **progress)
+        runs.record_epoch(  # the same again (a resumed epoch): no line
+            jid, lease="l", now=now, step=2, points={"val_acc": 0.8}, **progress
+        )
+        metrics = {"loss": 0.75, "val_acc": 0.8}
+        runs.succeed(jid, lease="l", now=now, artifacts=[], metrics=metrics)
 
-    def worker_progresses(self: KDServeClient, job_id: str) -> Any:
-        update_job(server, job_id, **next(states, {}))
-        return real_get(self, job_id)
-
-    monkeypatch.setattr(KDServeClient, "get_job", worker_progresses)
     result = runner.invoke(app, ["jobs", "watch", job, "--interval", "0"])
 
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
+        "queued 0%",
+        "starting 0%",
         "train epoch 1 25% loss=1.5",
         "train epoch 2 50% loss=0.75 val_acc=0.8",
         "succeeded 100% loss=0.75 val_acc=0.8",
     ]
+
+
+def test_jobs_watch_follows_a_job_without_a_final_event(tmp_path: Path, server: Server) -> None:
+    """A job whose log ends early (older than the event log) is read once more when the
+    stream ends, and watch ends with it."""
+    job = _submitted_job(tmp_path, server)
+    update_job(server, job, status=JobStatus.succeeded, progress=1.0, metrics={"loss": 0.5})
+
+    result = runner.invoke(app, ["jobs", "watch", job])
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == ["queued 0%", "succeeded 100% loss=0.5"]
 
 
 def test_jobs_watch_exits_1_with_the_error_of_a_failed_job(tmp_path: Path, server: Server) -> None:
