@@ -16,6 +16,7 @@ import pytest
 from client import KDServeAPIError, KDServeClient
 from client.client import parse_sse
 from tests.e2e.stack import STUDENT, Stack, real_stack, upload_digits, wait_job
+from tests.metrics import value
 
 pytestmark = pytest.mark.slow
 
@@ -55,6 +56,7 @@ def raw(stack: Stack, client: KDServeClient, path: str, **headers: str) -> httpx
 def test_a_real_job_streams_its_life_live_and_resumes_exactly_after_last_event_id(
     stack: Stack, alice: KDServeClient, data: dict[str, str]
 ) -> None:
+    before = httpx.get(f"{stack.url}/metrics", timeout=30).text
     job_id = submit(alice, data, epochs=3)
     seen: list[dict[str, Any]] = []
     for event in alice.job_events(job_id):
@@ -83,6 +85,13 @@ def test_a_real_job_streams_its_life_live_and_resumes_exactly_after_last_event_i
     ]
     assert [d["progress"] for d in epochs] == sorted(d["progress"] for d in epochs)
     assert all("val_accuracy" in d["metrics"] for d in epochs)
+    # /metrics counts this job's transitions from the same log (no other job runs meanwhile)
+    after = httpx.get(f"{stack.url}/metrics", timeout=30).text
+    for status in ("queued", "running", "succeeded"):
+        grew = value(after, "kdserve_job_transitions_total", status=status) - value(
+            before, "kdserve_job_transitions_total", status=status
+        )
+        assert grew == 1, status
     report = logged[-1]["data"]
     job = alice.get_job(job_id)
     assert report["metrics"] == job["metrics"]
