@@ -7,6 +7,9 @@
 5. download the student and print the teacher-vs-student report (`kdserve jobs download`);
 6. stop the service.
 
+The terminal shows the steps, each job's progress bar and the report; the service's own
+(server and worker) logs go to ``OUT_DIR/service.log``, named at the start.
+
 Usage: python examples/service_demo.py [OUT_DIR]
 """
 
@@ -57,7 +60,18 @@ def main(out: Path) -> None:
 
     step(f"starting the embedded service (kdserve up) in {home}")
     home.mkdir(parents=True)
-    service = subprocess.Popen([str(BIN / "kdserve"), "up"], env=env, start_new_session=True)
+    log_path = out / "service.log"
+    print(f"server and worker logs: {log_path}")
+    # The terminal keeps the story (steps, progress bars, the report); the service's own
+    # logs would interleave with it, so they go to a file the user can open.
+    log = log_path.open("wb")
+    service = subprocess.Popen(
+        [str(BIN / "kdserve"), "up"],
+        env=env,
+        start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
@@ -68,7 +82,7 @@ def main(out: Path) -> None:
             except httpx.TransportError:
                 pass
             if service.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the service did not start; see the output above")
+                raise SystemExit(f"the service did not start; see {log_path}")
             time.sleep(0.5)
         key = (home / "api-key").read_text().strip()
         env |= {"KDSERVE_URL": url, "KDSERVE_API_KEY": key}
@@ -123,6 +137,7 @@ def main(out: Path) -> None:
             service.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(service.pid, signal.SIGKILL)
+        log.close()
     print(
         f"\nThe student is in {out / 'student'}; load it with "
         f"kdcore.export.load_student('{out / 'student'}')."

@@ -30,8 +30,14 @@ def test_demo_runs_the_whole_flow_on_the_embedded_service(tmp_path: Path) -> Non
         timeout=900,
         check=False,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    log = tmp_path / "service.log"
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:] + log.read_text()[-3000:]
     assert "compression" in done.stdout
+    assert "gain" in done.stdout  # the teacher / alone / distilled row
+    # The story stays on the terminal; the server's and worker's logs are in the file named.
+    assert f"server and worker logs: {log}" in done.stdout
+    assert "uvicorn" not in done.stdout + done.stderr
+    assert "celery" in log.read_text().lower()
     out = tmp_path / "student"
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "fitnet"
