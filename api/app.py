@@ -18,6 +18,8 @@ from api.kit.deps import Services
 from api.kit.gate import Gate
 from api.sweeps.endpoints import router as sweeps_router
 from api.teachers.endpoints import router as teachers_router
+from api.webhooks.endpoints import events as webhook_events
+from api.webhooks.endpoints import router as webhooks_router
 from store.blobs import BlobStore, store_from_settings
 from store.db import make_engine, make_sessionmaker
 from store.queue import make_celery
@@ -63,8 +65,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jobs_router,
         sweeps_router,
         cache_router,
+        webhooks_router,
     ):
         app.include_router(router)
+    app.webhooks.include_router(webhook_events)  # documents what kdserve POSTs to them
     return app
 
 
