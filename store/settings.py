@@ -129,7 +129,7 @@ class Settings(BaseSettings):
     webhook_retry_max_s: float = Field(default=6 * 3600.0, gt=0)
     # How often the dispatcher (Celery beat's "webhooks.dispatch") looks for work, and the
     # most attempts one round makes (all at once, each within webhook_timeout_s).
-    webhook_dispatch_interval_s: float = Field(default=2.0, gt=0)
+    webhook_dispatch_interval_s: float = Field(default=5.0, gt=0)
     webhook_batch_size: int = Field(default=32, ge=1, le=256)
     # A final state older than this when the dispatcher first sees it is not delivered: it
     # bounds what one round scans after the dispatcher was down.
