@@ -3,6 +3,7 @@ records every request and answers each with the next status of a script."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,19 +26,36 @@ class Receiver:
     ``delay_s``; a 3xx carries ``Location: location``."""
 
     def __init__(
-        self, statuses: Sequence[int] = (200,), *, delay_s: float = 0.0, location: str = ""
+        self,
+        statuses: Sequence[int] = (200,),
+        *,
+        delay_s: float = 0.0,
+        location: str = "",
+        tls: ssl.SSLContext | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
+        """``tls``: serve https with this context; ``host``: the name ``url`` uses (it must
+        resolve to 127.0.0.1)."""
         self.statuses = list(statuses)
         self.delay_s = delay_s
         self.location = location
+        self.host = host
         self.received: list[Received] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True  # a sleeping answer never holds up shutdown
+        self.scheme = "http"
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/hooks"
+        return f"{self.scheme}://{self.host}:{self.port}/hooks"
 
     def wait_for(self, n: int, timeout: float) -> list[Received]:
         """The requests so far, once there are ``n`` of them (AssertionError at timeout)."""

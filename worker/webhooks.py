@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -172,10 +173,14 @@ def enqueue(*, settings: Settings, sessions: sessionmaker[Session], now: datetim
     return len(rows)
 
 
-async def attempt_all(claimed: Sequence[Claimed], settings: Settings) -> list[Outcome]:
-    """One attempt of each delivery, all at once; the outcomes in the same order."""
+async def attempt_all(
+    claimed: Sequence[Claimed], settings: Settings, *, verify: ssl.SSLContext | bool = True
+) -> list[Outcome]:
+    """One attempt of each delivery, all at once; the outcomes in the same order.
+    ``verify``: how TLS certificates are checked (httpx's default: the certifi roots)."""
     outcomes: list[Outcome | None] = [None] * len(claimed)
     async with httpx.AsyncClient(
+        verify=verify,
         follow_redirects=False,
         trust_env=False,  # no proxy from the environment: we connect to the checked address
         timeout=settings.webhook_timeout_s,
@@ -219,9 +224,10 @@ async def attempt(client: httpx.AsyncClient, claimed: Claimed, settings: Setting
 
 
 async def post(client: httpx.AsyncClient, claimed: Claimed, allowed: Sequence[Network]) -> int:
-    """Resolve and check the host, then POST the body, signed, to the address checked."""
+    """Resolve and check the host, then POST the body, signed, to the addresses checked, in
+    the resolver's order, until one takes the connection."""
     target = parse_url(claimed.url)
-    address = (await resolve(target, allowed))[0]
+    addresses = await resolve(target, allowed)
     timestamp = int(time.time())
     msg_id = str(claimed.id)
     headers = {
@@ -234,11 +240,22 @@ async def post(client: httpx.AsyncClient, claimed: Claimed, allowed: Sequence[Ne
     }
     # TLS is still checked against the host name, not the address we connect to.
     extensions = {"sni_hostname": target.host} if target.url.scheme == "https" else {}
+    for address in addresses[:-1]:
+        try:
+            return await _post_to(client, target.at(address), claimed.body, headers, extensions)
+        except httpx.ConnectError:
+            continue  # e.g. an IPv6 address on a network without IPv6: the next one
+    return await _post_to(client, target.at(addresses[-1]), claimed.body, headers, extensions)
+
+
+async def _post_to(
+    client: httpx.AsyncClient,
+    url: httpx.URL,
+    body: str,
+    headers: dict[str, str],
+    extensions: dict[str, Any],
+) -> int:
     async with client.stream(
-        "POST",
-        target.at(address),
-        content=claimed.body.encode(),
-        headers=headers,
-        extensions=extensions,
+        "POST", url, content=body.encode(), headers=headers, extensions=extensions
     ) as response:
-        return response.status_code
+        return response.status_code  # the body is never read

@@ -8,13 +8,18 @@ dispatcher's."""
 from __future__ import annotations
 
 import json
+import ssl
+import subprocess
 import threading
 import time
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from ipaddress import ip_network
+from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -24,12 +29,12 @@ from api.jobs.service import to_public
 from api.webhooks.service import new_secret
 from store.db import transaction
 from store.models import DeliveryState, Job, JobEvent, JobStatus, WebhookDelivery
-from store.repositories.webhooks import WebhookRepository
+from store.repositories.webhooks import Claimed, WebhookRepository
 from store.settings import Settings
 from tests.api.factories import create_job
 from tests.webhook_receiver import Received, Receiver, documented_verify
 from tests.worker.factories import Env, create_tenant
-from worker.webhooks import dispatch, retry_delay, sign
+from worker.webhooks import attempt_all, dispatch, retry_delay, sign
 
 LOOPBACK = [ip_network("127.0.0.0/8"), ip_network("::1/128")]
 SPEC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the specification's example
@@ -308,3 +313,45 @@ def test_retry_waits_grow_fourfold_with_jitter_up_to_the_maximum(env: Env) -> No
     for n, full in [(1, 10), (2, 40), (3, 160), (4, 640), (5, 2560), (6, 3600), (12, 3600)]:
         waits = [retry_delay(n, settings) for _ in range(200)]
         assert full * 0.5 <= min(waits) < max(waits) <= full
+
+
+def _certificate(folder: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed certificate for ``name`` (openssl), and its key."""
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}",
+            "-addext", f"subjectAltName=DNS:{name}",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.parametrize(("cert_name", "ok"), [("localhost", True), ("example.org", False)])
+def test_https_connects_to_the_checked_address_but_checks_the_urls_host(
+    tmp_path: Path, cert_name: str, ok: bool
+) -> None:
+    """The attempt connects to the address it resolved and checked, yet TLS (SNI and the
+    certificate) and the Host header still use the URL's host name: a certificate for
+    another name is refused."""
+    cert, key = _certificate(tmp_path, cert_name)
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    trust = ssl.create_default_context(cafile=str(cert))
+    settings = Settings(webhook_allowed_networks=LOOPBACK, webhook_timeout_s=5.0)
+    with Receiver(tls=server_tls, host="localhost").running() as receiver:
+        claimed = Claimed(uuid.uuid4(), "lease", 0, receiver.url, new_secret(), '{"a": 1}')
+        [outcome] = anyio.run(partial(attempt_all, [claimed], settings, verify=trust))
+        got = list(receiver.received)
+    if ok:
+        assert (outcome.status_code, outcome.error) == (200, None)
+        assert got[0].headers["host"] == f"localhost:{receiver.port}"
+        documented_verify()(claimed.secret, got[0].headers, got[0].body)
+    else:
+        assert outcome.status_code is None
+        assert outcome.error is not None
+        assert "hostname mismatch" in outcome.error.lower(), outcome.error
+        assert got == []
