@@ -23,6 +23,8 @@ from api.metrics.state import StateCollector, metrics_engine
 from api.sweeps.endpoints import router as sweeps_router
 from api.teachers.endpoints import router as teachers_router
 from store.backlog import service_queues
+from api.webhooks.endpoints import events as webhook_events
+from api.webhooks.endpoints import router as webhooks_router
 from store.blobs import BlobStore, store_from_settings
 from store.db import make_engine, make_sessionmaker
 from store.queue import make_celery
@@ -77,8 +79,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jobs_router,
         sweeps_router,
         cache_router,
+        webhooks_router,
     ):
         app.include_router(router)
+    app.webhooks.include_router(webhook_events)  # documents what kdserve POSTs to them
     return app
 
 

@@ -1,6 +1,6 @@
 """``kdserve``: the command line. Engine commands run kdcore locally; service commands run
 the server (``db``, ``keys``, ``api``, ``worker``, ``up``); ``teachers``, ``datasets``,
-``jobs``, ``sweeps`` and ``cache`` talk to a server over HTTP."""
+``jobs``, ``sweeps``, ``cache`` and ``webhooks`` talk to a server over HTTP."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import warnings
 
 import typer
 
-from cli import engine, remote, service, sweeps
+from cli import engine, remote, service, sweeps, webhooks
 
 # torch.export.load warns about its own internals (LeafSpec); nothing a user can act on.
 warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
@@ -24,6 +24,7 @@ engine.register(app)
 service.register(app)
 remote.register(app)
 sweeps.register(app)
+webhooks.register(app)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

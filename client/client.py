@@ -425,6 +425,29 @@ class KDServeClient:
         """Delete a teacher-cache entry; the next job that needs it rebuilds it."""
         self._send("DELETE", f"/v1/cache/{_seg(id_)}")
 
+    # -- webhooks -----------------------------------------------------------------------------
+
+    def add_webhook(self, url: str, *, description: str | None = None) -> JSON:
+        """Register an endpoint for the tenant's final job states. The answer's ``secret``
+        (``whsec_...``) is shown only here: keep it to verify deliveries."""
+        body = {"url": url} | ({"description": description} if description else {})
+        return self._json("POST", "/v1/webhooks", json=body)
+
+    def list_webhooks(self, *, page_size: int | None = None) -> list[JSON]:
+        """The tenant's webhook endpoints (without secrets), newest first."""
+        return list(self._paginate("/v1/webhooks", {}, page_size))
+
+    def get_webhook(self, id_: str) -> JSON:
+        return self._json("GET", f"/v1/webhooks/{_seg(id_)}", retry=True)
+
+    def delete_webhook(self, id_: str) -> None:
+        """Delete an endpoint and its delivery records; nothing more is sent to it."""
+        self._send("DELETE", f"/v1/webhooks/{_seg(id_)}")
+
+    def list_webhook_deliveries(self, id_: str, *, page_size: int | None = None) -> list[JSON]:
+        """The endpoint's deliveries, newest first, each with every attempt."""
+        return list(self._paginate(f"/v1/webhooks/{_seg(id_)}/deliveries", {}, page_size))
+
     # -- waiting -----------------------------------------------------------------------------
 
     def wait_for(

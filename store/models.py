@@ -345,3 +345,70 @@ class CacheEntry(Base):
     hits: Mapped[int] = mapped_column(Integer, default=0)
     last_used_at: Mapped[datetime] = mapped_column(default=utcnow)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DeliveryState(enum.StrEnum):
+    pending = "pending"  # waiting for its next attempt (or in flight: ``lease`` is set)
+    delivered = "delivered"  # the endpoint answered 2xx
+    failed = "failed"  # no 2xx in ``webhook_max_attempts`` attempts; never tried again
+
+
+class WebhookEndpoint(Timestamps, Base):
+    """A URL a tenant registered to receive its jobs' final states (``worker/webhooks.py``).
+
+    ``secret`` is the signing key as the tenant was shown it once (``whsec_`` + base64 of 32
+    random bytes). It is kept as is, not hashed: HMAC signing needs the key itself.
+    """
+
+    __tablename__ = "webhook_endpoints"
+    __table_args__ = (
+        Index("ix_webhook_endpoints_tenant_created", "tenant_id", "created_at", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(2048))
+    description: Mapped[str] = mapped_column(String(200), default="")
+    secret: Mapped[str] = mapped_column(String(100))
+
+
+class WebhookDelivery(Base):
+    """One final-state event of a job, to one endpoint of the job's tenant.
+
+    The dispatcher creates it once per (endpoint, event) pair (the unique constraint: two
+    dispatchers racing insert one row) with its body, so that every attempt sends the same
+    bytes under the same ``webhook-id`` (this row's id). ``attempt_log`` records each attempt:
+    ``{"at", "status_code", "error", "duration_ms"}``, at most ``webhook_max_attempts``.
+    ``lease`` marks an attempt in flight; the dispatcher that took it is the only one whose
+    result is recorded.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("endpoint_id", "event_id"),
+        Index("ix_webhook_deliveries_state_next", "state", "next_attempt_at"),
+        Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    endpoint_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE")
+    )
+    event_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"),
+        ForeignKey("job_events.id", ondelete="CASCADE"),
+    )
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    event_type: Mapped[str] = mapped_column(String(32))  # "job.succeeded", ...
+    body: Mapped[str] = mapped_column(Text)  # the JSON sent, exactly
+    state: Mapped[DeliveryState] = mapped_column(
+        _enum(DeliveryState), default=DeliveryState.pending
+    )
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    lease: Mapped[str | None] = mapped_column(String(36))
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    attempt_log: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    delivered_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

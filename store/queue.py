@@ -12,6 +12,7 @@ VALIDATE_TEACHER = "teachers.validate"
 VALIDATE_DATASET = "datasets.validate"
 RUN_JOB = "distill.run"
 REAP_JOBS = "jobs.reap"
+DISPATCH_WEBHOOKS = "webhooks.dispatch"
 
 # Fair share on the broker: a message's priority is its row's rank among its tenant's work
 # not yet done (0 for a tenant's first queued job or validation, 1 for its second, ...), and
@@ -46,6 +47,12 @@ def make_celery(settings: Settings) -> Celery:
                 "schedule": settings.reap_interval_s,
                 # A busy worker must not find a pile of stale sweeps when it frees up.
                 "options": {"expires": settings.reap_interval_s},
+            },
+            "dispatch-webhooks": {
+                "task": DISPATCH_WEBHOOKS,
+                "schedule": settings.webhook_dispatch_interval_s,
+                # Rounds must not pile up behind a busy worker: a late one is dropped.
+                "options": {"expires": settings.webhook_dispatch_interval_s},
             },
         },
         worker_hijack_root_logger=False,

@@ -9,11 +9,12 @@ and the S3 variables; validators refuse unsafe combinations at start-up.
 from __future__ import annotations
 
 from functools import cached_property
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kdcore.contract import CACHE_ENTRY_MAX_BYTES
 
@@ -122,6 +123,29 @@ class Settings(BaseSettings):
     # connection is never held for a whole job and redeploys move streams along.
     event_stream_max_s: float = Field(default=3600.0, gt=0)
 
+    # -- webhooks (docs/service.md#webhooks; worker/webhooks.py delivers) -------------------
+    max_webhooks_per_tenant: int = Field(default=10, ge=1)
+    # Networks a webhook may reach although they are not public (loopback, private,
+    # link-local, ...): comma-separated CIDRs, e.g. "10.0.0.0/8,127.0.0.1/32". Empty (the
+    # default) refuses every address that is not globally routable.
+    webhook_allowed_networks: Annotated[list[IPv4Network | IPv6Network], NoDecode] = Field(
+        default_factory=list
+    )
+    # One attempt, from resolving the host to the response's status line, all told.
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=60)
+    webhook_max_attempts: int = Field(default=8, ge=1, le=20)
+    # The wait before attempt n+1 is min(base * 4**(n-1), max), times a random factor in
+    # [0.5, 1] (jitter, so that retries to one endpoint spread out).
+    webhook_retry_base_s: float = Field(default=10.0, gt=0)
+    webhook_retry_max_s: float = Field(default=6 * 3600.0, gt=0)
+    # How often the dispatcher (Celery beat's "webhooks.dispatch") looks for work, and the
+    # most attempts one round makes (all at once, each within webhook_timeout_s).
+    webhook_dispatch_interval_s: float = Field(default=5.0, gt=0)
+    webhook_batch_size: int = Field(default=32, ge=1, le=256)
+    # A final state older than this when the dispatcher first sees it is not delivered: it
+    # bounds what one round scans after the dispatcher was down.
+    webhook_event_max_age_s: float = Field(default=3 * 24 * 3600.0, gt=0)
+
     # -- API -----------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -150,6 +174,19 @@ class Settings(BaseSettings):
     @property
     def storage(self) -> str:
         return self.storage_url or (self.resolved_home / "storage").as_uri()
+
+    @field_validator("webhook_allowed_networks", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return [ip_network(n.strip()) for n in value.split(",") if n.strip()]
+        except ValueError as exc:
+            raise ValueError(
+                f"KDSERVE_WEBHOOK_ALLOWED_NETWORKS: {exc}; write comma-separated networks with "
+                "their host bits zero, e.g. 10.0.0.0/8,127.0.0.1/32"
+            ) from None
 
     @model_validator(mode="after")
     def _safe_for_production(self) -> Settings:

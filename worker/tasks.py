@@ -1,18 +1,26 @@
 """Celery tasks: thin wrappers that take ids and hand the process's resources to the code
-in ``worker.validation``, ``worker.runner`` and ``worker.reaper``."""
+in ``worker.validation``, ``worker.runner``, ``worker.reaper`` and ``worker.webhooks``."""
 
 from __future__ import annotations
 
 import uuid
 
 from store.models import DatasetRecord, Teacher
-from store.queue import REAP_JOBS, RUN_JOB, VALIDATE_DATASET, VALIDATE_TEACHER, fair_priority
+from store.queue import (
+    DISPATCH_WEBHOOKS,
+    REAP_JOBS,
+    RUN_JOB,
+    VALIDATE_DATASET,
+    VALIDATE_TEACHER,
+    fair_priority,
+)
 from store.repositories.limits import job_rank, validation_rank
 from worker.app import celery
 from worker.reaper import reap_jobs
 from worker.resources import resources
 from worker.runner import run_job
 from worker.validation import validate_dataset, validate_teacher
+from worker.webhooks import dispatch
 
 
 @celery.task(name=VALIDATE_TEACHER)
@@ -51,3 +59,9 @@ def reap_jobs_task() -> None:
         celery.send_task(name, args=[row_id], priority=fair_priority(rank))
 
     reap_jobs(settings=r.settings, sessions=r.sessions, send=send, send_task=send_task)
+
+
+@celery.task(name=DISPATCH_WEBHOOKS)
+def dispatch_webhooks_task() -> None:
+    r = resources()
+    dispatch(settings=r.settings, sessions=r.sessions)

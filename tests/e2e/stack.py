@@ -218,11 +218,18 @@ def wait_job(
 
 
 @contextmanager
-def real_stack(home: Path, *, redis_url: str, db_prefix: str) -> Iterator[Stack]:
-    """API + worker on a fresh Postgres database, Redis ``redis_url`` and an S3 server."""
+def real_stack(
+    home: Path, *, redis_url: str, db_prefix: str, extra: dict[str, str] | None = None
+) -> Iterator[Stack]:
+    """API + worker on a fresh Postgres database, Redis ``redis_url`` and an S3 server;
+    ``extra``: more environment variables (settings) for both processes."""
     with fresh_database(db_prefix) as db_url, moto_s3() as s3:
         env = service_env(
-            home, database_url=db_url, broker_url=redis_url, port=free_port(), extra=s3
+            home,
+            database_url=db_url,
+            broker_url=redis_url,
+            port=free_port(),
+            extra={**s3, **(extra or {})},
         )
         try:
             with Stack(home=home, env=env, port=int(env["KDSERVE_API_PORT"])).serving() as stack:

@@ -86,7 +86,7 @@ def test_upgrading_a_database_with_jobs_keeps_every_row(url: str, tmp_path: Path
         )
     engine.dispose()
 
-    assert upgrade_database(url, timeout=10, say=lambda _: None) == "0007"
+    assert upgrade_database(url, timeout=10, say=lambda _: None) == "0008"
     engine = make_engine(url)
     try:
         with engine.connect() as conn:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from store.queue import REAP_JOBS, RUN_JOB, VALIDATE_DATASET, VALIDATE_TEACHER
+from store.queue import DISPATCH_WEBHOOKS, REAP_JOBS, RUN_JOB, VALIDATE_DATASET, VALIDATE_TEACHER
 
 
 def test_the_worker_app_registers_every_task_by_name_without_touching_cuda() -> None:
     from worker.app import celery
 
     celery.loader.import_default_modules()  # what `celery worker` does with conf.include
-    assert {VALIDATE_TEACHER, VALIDATE_DATASET, RUN_JOB, REAP_JOBS} <= set(celery.tasks)
+    assert {VALIDATE_TEACHER, VALIDATE_DATASET, RUN_JOB, REAP_JOBS, DISPATCH_WEBHOOKS} <= set(
+        celery.tasks
+    )
     # The prefork parent must never initialise CUDA: its children could not use it.
     assert not torch.cuda.is_initialized()
