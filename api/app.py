@@ -22,9 +22,9 @@ from api.metrics.scrape import new_request_metrics
 from api.metrics.state import StateCollector, metrics_engine
 from api.sweeps.endpoints import router as sweeps_router
 from api.teachers.endpoints import router as teachers_router
-from store.backlog import service_queues
 from api.webhooks.endpoints import events as webhook_events
 from api.webhooks.endpoints import router as webhooks_router
+from store.backlog import service_queues
 from store.blobs import BlobStore, store_from_settings
 from store.db import make_engine, make_sessionmaker
 from store.queue import make_celery
