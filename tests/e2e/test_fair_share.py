@@ -27,10 +27,11 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from kdcore.contract import layer_shapes, parse_arch
 from store.db import make_engine, make_sessionmaker
-from store.models import DatasetRecord, Job, UploadSlot, utcnow
+from store.models import DatasetRecord, Job, Teacher, UploadSlot, utcnow
 from store.repositories.catalog import stored_bytes
-from tests.api.factories import Tenancy, create_dataset, make_tenant
+from tests.api.factories import Tenancy, create_dataset, create_teacher, make_tenant
 from tests.broker import queued
 from tests.e2e.stack import Stack, flush_redis, service_env
 from tests.pg import fresh_database
@@ -376,11 +377,14 @@ def test_a_stalled_upload_is_cut_off_with_408_and_frees_its_slot(
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def _post(api: Stack, path: str, who: Tenancy, **kwargs: Any) -> httpx.Response:
-    headers = dict(who.headers)
+def _post(
+    api: Stack, path: str, who: Tenancy, headers: dict[str, str] | None = None, **kwargs: Any
+) -> httpx.Response:
+    sent = dict(who.headers)
     if "content" in kwargs:
-        headers["Content-Type"] = "application/octet-stream"
-    return httpx.post(f"{api.url}{path}", headers=headers, timeout=60, **kwargs)
+        sent["Content-Type"] = "application/octet-stream"
+    sent |= headers or {}
+    return httpx.post(f"{api.url}{path}", headers=sent, timeout=60, **kwargs)
 
 
 def _count(api: Stack, who: Tenancy, kind: str) -> int:
@@ -483,3 +487,97 @@ def _memory(pid: int) -> dict[str, int]:
         if name in ("VmRSS", "VmHWM"):
             fields[name] = int(value.split()[0]) * 1024
     return fields
+
+
+# -- the request parsers and the cost model, on the real process -----------------------------
+
+DEEP = "[" * 5_000 + "]" * 5_000  # past the interpreter's recursion limit
+CIFAR = (3, 32, 32)
+WRN_16_2 = parse_arch({"family": "wrn", "depth": 16, "width": 2})
+
+
+def test_hostile_specs_get_a_4xx_from_the_real_process_and_leave_nothing(
+    api: Stack, tenant: Callable[[], Tenancy], sessions: sessionmaker[Session]
+) -> None:
+    """Issue 11's classes 1, 2, 7 and 8 against the `kdserve api` process: each a 422 naming
+    the field, none a 5xx, the unknown guided layer of the deepest resnet named quickly,
+    and nothing stored."""
+    who = tenant()
+    layers = [{"path": p, "shape": list(s)} for p, s in layer_shapes(WRN_16_2, CIFAR, 10).items()]
+    with sessions() as s, s.begin():
+        dataset = create_dataset(s, who.id, input_shape=list(CIFAR), classes=list("0123456789"))
+        teacher = create_teacher(
+            s,
+            who.id,
+            arch=WRN_16_2.model_dump(mode="json"),
+            input_shape=list(CIFAR),
+            num_classes=10,
+            layers=layers,
+        )
+        ids = {"dataset_id": str(dataset.id), "teacher_id": str(teacher.id)}
+    fields = {"arch": json.dumps({"family": "mlp", "hidden": [8]}), "input_shape": "3,32,32"}
+    uploads = [  # (query, what the 422 must say)
+        ({**fields, "num_classes": str(2**63)}, "num_classes must be an integer from 2"),
+        ({**fields, "num_classes": "10", "input_shape": DEEP}, "input_shape must be 1 to 4"),
+        ({**fields, "num_classes": "10", "arch": '{"family": "mlp", "hidden": ' + DEEP + "}"},
+         "nested deeper than 32 levels"),
+    ]  # fmt: skip
+    for query, needle in uploads:
+        r = _post(api, "/v1/teachers", who, params=query, content=b"weights")
+        assert r.status_code == 422, r.text
+        assert needle in r.json()["detail"], r.text
+    resnet = {"family": "resnet", "depth": 20}
+    jobs = [  # (student, config, the field the 422 names)
+        (resnet, {"method": "scratch", "weight_decay": 1e308}, "weight_decay"),
+        (resnet, {"method": "scratch", "milestones": [0.5] * 100_000}, "milestones"),
+        ({"family": "resnet", "depth": 600_002}, {"method": "scratch"}, "depth"),
+        ({"family": "cnn", "layers": [{"type": "conv", "out": 2**70}, {"type": "flatten"},
+                                      {"type": "linear"}]}, {"method": "scratch"}, "out"),
+    ]  # fmt: skip
+    for student, config, field in jobs:
+        started = time.monotonic()
+        body = {"dataset_id": ids["dataset_id"], "student": student, "config": config}
+        r = _post(api, "/v1/jobs", who, json=body)
+        assert r.status_code == 422, r.text
+        assert field in r.text
+        assert time.monotonic() - started < 5
+    r = _post(
+        api,
+        "/v1/jobs",
+        who,
+        content=b'{"dataset_id": "%s", "student": {"family": "mlp", "hidden": [8]}, '
+        b'"config": {"method": "scratch", "lr": Infinity}}' % ids["dataset_id"].encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code == 422, r.text
+    assert "Infinity is not a JSON number" in r.text
+    hint = {"teacher_layer": "block1.0", "student_layer": "layer9.0.conv"}
+    deepest = {"family": "resnet", "depth": 1202}
+    started = time.monotonic()
+    r = _post(
+        api,
+        "/v1/jobs",
+        who,
+        json={**ids, "student": deepest, "config": {"method": "fitnet", "hint": hint}},
+    )
+    elapsed = time.monotonic() - started
+    assert r.status_code == 422, r.text
+    assert "no layer 'layer9.0.conv'; nearest valid paths" in r.text
+    assert elapsed < 3, elapsed  # issue 11 measured 36 s at depth 600,002 before the bounds
+    # An Idempotency-Key reused with another body is refused, not answered with the first job.
+    key = {"Idempotency-Key": f"k-{uuid.uuid4().hex}"}
+    scratch = {
+        "dataset_id": ids["dataset_id"],
+        "student": {"family": "mlp", "hidden": [8]},
+        "config": {"method": "scratch"},
+    }
+    first = _post(api, "/v1/jobs", who, json=scratch, headers=key)
+    assert first.status_code == 202, first.text
+    other = {**scratch, "config": {"method": "scratch", "epochs": 3}}
+    again = _post(api, "/v1/jobs", who, json=other, headers=key)
+    assert again.status_code == 422, again.text
+    assert again.json()["code"] == "idempotency_key_reused"
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Job).where(Job.tenant_id == who.id)) == 1
+        kept = select(func.count()).select_from(Teacher).where(Teacher.tenant_id == who.id)
+        assert s.scalar(kept) == 1  # the one this test made; no upload was stored
