@@ -22,6 +22,8 @@ from api.metrics.scrape import new_request_metrics
 from api.metrics.state import StateCollector, metrics_engine
 from api.sweeps.endpoints import router as sweeps_router
 from api.teachers.endpoints import router as teachers_router
+from api.ui import PREFIX as UI_PREFIX
+from api.ui import dashboard
 from store.backlog import service_queues
 from store.blobs import BlobStore, store_from_settings
 from store.db import make_engine, make_sessionmaker
@@ -79,6 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cache_router,
     ):
         app.include_router(router)
+    # The web dashboard: static files, no key needed to fetch them (they hold no data).
+    app.mount(UI_PREFIX, dashboard(), name="ui")
     return app
 
 
