@@ -27,7 +27,7 @@ const fmt = (v) =>
   v === null || v === undefined
     ? "—"
     : typeof v === "number"
-      ? Number.isInteger(v) ? v.toLocaleString("en") : v.toPrecision(4)
+      ? Number.isInteger(v) || Math.abs(v) >= 1000 ? Math.round(v).toLocaleString("en") : v.toPrecision(4)
       : Array.isArray(v) ? v.join("×") : String(v);
 const when = (iso) => (iso ? new Date(iso).toLocaleString() : "—");
 const short = (id) => String(id).slice(0, 8);
@@ -387,6 +387,7 @@ function route() {
 
 window.addEventListener("hashchange", route);
 window.addEventListener("kdserve:unauthorized", () => {
+  if (document.getElementById("sign-in")) return; // the sign-in form says it itself
   clearKey();
   leaving.abort();
   signIn("The key was refused (revoked?). Sign in again.");
