@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,8 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from client import KDServeClient
 from tests.e2e.stack import (
+    DIGITS,
+    KDSERVE,
     ROOT,
     STUDENT,
     TEACHER,
@@ -70,20 +73,36 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="module")
-def teacher(stack: Stack, digits: Path) -> tuple[KDServeClient, dict[str, str], dict[str, Any]]:
-    """A tenant with the digits datasets and a small teacher (a scratch job, promoted)."""
+def teacher(
+    stack: Stack, digits: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[KDServeClient, dict[str, str], dict[str, Any]]:
+    """A tenant with the digits datasets and a small teacher, trained by the engine's command
+    line (2 epochs, safetensors only: a service job would spend most of its time exporting
+    and timing a model nobody downloads) while the datasets validate, then uploaded."""
+    out = tmp_path_factory.mktemp("teacher")
+    config = out / "scratch.json"
+    config.write_text('{"method": "scratch", "epochs": 2, "batch_size": 64, "seed": 0}')
+    train = subprocess.Popen(
+        [
+            KDSERVE, "train", "--arch", str(DIGITS / "teacher.json"),
+            "--data", str(digits / "digits-train.npz"), "--config", str(config),
+            "--out", str(out / "run"), "--formats", "safetensors",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
     alice = stack.new_tenant("alice")
     data = upload_digits(alice, digits)
-    job = alice.submit_job(
-        student=TEACHER,
-        name="teacher",
-        config={"method": "scratch", "epochs": 2, "batch_size": 64},
-        **data,
+    log, _ = train.communicate(timeout=300)
+    assert train.returncode == 0, log.decode(errors="replace")
+    uploaded = alice.upload_teacher(
+        out / "run" / "student.safetensors",
+        input_shape=(1, 8, 8),
+        num_classes=10,
+        arch=TEACHER,
+        name="digits teacher",
     )
-    done = alice.wait_for("jobs", job["id"], timeout=180)
-    assert done["status"] == "succeeded", stack.log("worker")
-    promoted = alice.teacher_from_job(job["id"], name="digits teacher")
-    ready = alice.wait_for("teachers", promoted["id"], timeout=120)
+    ready = alice.wait_for("teachers", uploaded["id"], timeout=120)
     assert ready["status"] == "ready", ready
     return alice, data, ready
 
