@@ -22,6 +22,8 @@ from api.metrics.scrape import new_request_metrics
 from api.metrics.state import StateCollector, metrics_engine
 from api.sweeps.endpoints import router as sweeps_router
 from api.teachers.endpoints import router as teachers_router
+from api.ui import PREFIX as UI_PREFIX
+from api.ui import dashboard
 from api.webhooks.endpoints import events as webhook_events
 from api.webhooks.endpoints import router as webhooks_router
 from store.backlog import service_queues
@@ -83,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(router)
     app.webhooks.include_router(webhook_events)  # documents what kdserve POSTs to them
+    # The web dashboard: static files, no key needed to fetch them (they hold no data).
+    app.mount(UI_PREFIX, dashboard(), name="ui")
     return app
 
 
