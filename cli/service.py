@@ -264,7 +264,9 @@ def worker(
     queues: Annotated[
         str | None,
         typer.Option(
-            "--queues", "-Q", help="Comma-separated queues (default KDSERVE_QUEUE,default)."
+            "--queues",
+            "-Q",
+            help="Comma-separated queues (default KDSERVE_QUEUE,KDSERVE_DEFAULT_QUEUE).",
         ),
     ] = None,
     concurrency: Annotated[
@@ -321,7 +323,8 @@ def worker_argv(
     loglevel: str = "INFO",
 ) -> list[str]:
     """The ``python -m celery ... worker`` command line for these options."""
-    qs = ",".join(q.strip() for q in (queues or f"{settings.queue},default").split(",") if q)
+    default = f"{settings.queue},{settings.default_queue}"
+    qs = ",".join(q.strip() for q in (queues or default).split(",") if q)
     argv = [sys.executable, "-m", "celery", "-A", WORKER_APP, "worker", "-Q", qs]
     argv += ["-c", str(concurrency), "-P", pool, "-l", loglevel]
     argv += ["--max-tasks-per-child", str(max_tasks_per_child)]

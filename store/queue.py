@@ -40,7 +40,7 @@ def make_celery(settings: Settings) -> Celery:
         broker_transport_options=_transport_options(settings),
         broker_connection_retry_on_startup=True,
         task_routes={RUN_JOB: {"queue": settings.queue}},
-        task_default_queue="default",
+        task_default_queue=settings.default_queue,
         beat_schedule={
             "reap-stale-jobs": {
                 "task": REAP_JOBS,

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     # -- broker / queue ------------------------------------------------------------------
     broker_url: str | None = None  # default: kombu's SQLAlchemy transport on sqlite
     queue: str = "gpu"  # the queue distillation jobs are routed to
+    # The queue of everything else: validations, the reaper, webhook rounds. One deployment
+    # has one; two services sharing a broker (e.g. test stacks) each need their own, or one's
+    # worker takes the other's validations.
+    default_queue: str = "default"
     job_time_limit_s: int = Field(default=24 * 3600, gt=0)
     # Redis redelivers unacked messages after this; keep it above the job time limit.
     visibility_timeout_s: int = Field(default=25 * 3600, gt=0)

@@ -95,7 +95,7 @@ class Stack:
                 KDSERVE,
                 "worker",
                 "--queues",
-                f"{self.env['KDSERVE_QUEUE']},default",
+                f"{self.env['KDSERVE_QUEUE']},{self.env['KDSERVE_DEFAULT_QUEUE']}",
                 "--concurrency",
                 "1",
                 "--max-tasks-per-child",
@@ -151,6 +151,9 @@ def service_env(
         "KDSERVE_DATABASE_URL": database_url,
         "KDSERVE_BROKER_URL": broker_url,
         "KDSERVE_QUEUE": f"e2e-{uuid.uuid4().hex[:8]}",
+        # Stacks of concurrent test runs may share a Redis database: their own default queue
+        # keeps one stack's worker from taking another's validations.
+        "KDSERVE_DEFAULT_QUEUE": f"e2e-default-{uuid.uuid4().hex[:8]}",
         "KDSERVE_API_PORT": str(port),
         # Fast failure detection, so crash tests finish in seconds.
         "KDSERVE_HEARTBEAT_INTERVAL_S": "1",

@@ -306,7 +306,8 @@ def test_another_tenants_first_job_and_validation_go_before_a_backlog(
         for who in (a, a, a, a, a, b)
     ]
     ids = [r.json()["id"] for r in uploads]
-    taken = [args[0] for _, args, _ in queued(REDIS_URL, "default") if args[0] in ids]
+    default = api.env["KDSERVE_DEFAULT_QUEUE"]
+    taken = [args[0] for _, args, _ in queued(REDIS_URL, default) if args[0] in ids]
     assert taken == [ids[0], ids[5], ids[1], ids[2], ids[3], ids[4]]
 
 

@@ -63,7 +63,7 @@ def test_the_api_process_reports_requests_jobs_transitions_and_queues(stack: Sta
     assert value(after, "kdserve_job_transitions_total", status="failed") == 1
     assert value(after, "kdserve_job_transitions_total", status="running") == 1
     queues = {s.labels["queue"] for s in samples(after) if s.name == "kdserve_queue_messages"}
-    assert queues == {stack.env["KDSERVE_QUEUE"], "default"}
+    assert queues == {stack.env["KDSERVE_QUEUE"], stack.env["KDSERVE_DEFAULT_QUEUE"]}
 
 
 @pytest.fixture
