@@ -84,11 +84,15 @@ def deliveries(sessions: sessionmaker[Session]) -> list[WebhookDelivery]:
         return list(s.scalars(select(WebhookDelivery).order_by(WebhookDelivery.created_at)))
 
 
-def until_quiet(settings: Settings, sessions: sessionmaker[Session], rounds: int = 10) -> None:
+def until_quiet(settings: Settings, sessions: sessionmaker[Session], rounds: int = 50) -> None:
+    """Run rounds until no delivery is pending. A round that attempts nothing is not proof
+    of that: a jittered retry wait may simply not be over yet (a loaded machine)."""
     for _ in range(rounds):
-        time.sleep(0.03)  # past the retry wait
-        if dispatch(settings=settings, sessions=sessions).attempted == 0:
+        dispatch(settings=settings, sessions=sessions)
+        if all(d.state != DeliveryState.pending for d in deliveries(sessions)):
             return
+        time.sleep(0.05)  # past the retry wait (base 0.01 s: 0.01, 0.04, ... jittered)
+    raise AssertionError(f"deliveries still pending after {rounds} rounds")
 
 
 def test_the_signature_is_the_specifications_example() -> None:
