@@ -16,6 +16,7 @@ from api.jobs.endpoints import router as jobs_router
 from api.kit import errors
 from api.kit.deps import Services
 from api.kit.gate import Gate
+from api.kit.keycache import KeyCache
 from api.metrics.endpoints import router as metrics_router
 from api.metrics.requests import RequestMetricsMiddleware
 from api.metrics.scrape import new_request_metrics
@@ -26,7 +27,7 @@ from api.webhooks.endpoints import events as webhook_events
 from api.webhooks.endpoints import router as webhooks_router
 from store.backlog import service_queues
 from store.blobs import BlobStore, store_from_settings
-from store.db import make_engine, make_sessionmaker
+from store.db import make_engine, make_sessionmaker, read_only_engine
 from store.queue import make_celery
 from store.settings import Settings
 from store.settings import settings as default_settings
@@ -39,15 +40,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = make_engine(settings.db_url, pool_size=settings.database_pool_size)
+        # No pre-ping: a round trip on every request. A request that meets a connection the
+        # database dropped gets a 503 (reads retry once: api.kit.deps.read_only), and
+        # SQLAlchemy then replaces every older connection of the pool.
+        engine = make_engine(settings.db_url, pool_size=settings.database_pool_size, pre_ping=False)
         store = store_from_settings(settings)
         celery = make_celery(settings)
         app.state.services = Services(
             settings=settings,
             engine=engine,
             sessions=make_sessionmaker(engine),
+            read_sessions=make_sessionmaker(read_only_engine(engine)),
             store=store,
             celery=celery,
+            keys=KeyCache(settings.key_cache_ttl_s),
             db_slots=anyio.Semaphore(settings.database_pool_size),
         )
         app.state.state_collector = StateCollector(

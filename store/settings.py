@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     # -- database ------------------------------------------------------------------------
     database_url: str | None = None  # default: sqlite under home
     database_pool_size: int = Field(default=10, ge=1)
+    # How long the API trusts an API key it has checked (api.kit.keycache): a revoked key
+    # is refused within this many seconds; 0 checks every request against the database.
+    key_cache_ttl_s: float = Field(default=2.0, ge=0, le=60)
 
     # -- broker / queue ------------------------------------------------------------------
     broker_url: str | None = None  # default: kombu's SQLAlchemy transport on sqlite

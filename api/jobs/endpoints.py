@@ -7,7 +7,7 @@ from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from sqlalchemy.orm import Session
 
-from api.kit.deps import ServicesDep, SessionDep, TenantDep, in_transaction, parse_id
+from api.kit.deps import ServicesDep, SessionDep, TenantDep, in_transaction, parse_id, read_only
 from api.kit.errors import Conflict, NotFound, Unavailable, problems
 from api.kit.etag import json_or_304
 from api.kit.pagination import decode_cursor, split_page
@@ -92,12 +92,17 @@ def list_jobs(
 @router.get(
     "/{job_id}", response_model=JobPublic, responses={**NOT_MODIFIED, **problems(401, 404, 422)}
 )
-def get_job(
-    job_id: str, session: SessionDep, tenant: TenantDep, if_none_match: IfNoneMatch = None
+async def get_job(
+    job_id: str, tenant: TenantDep, services: ServicesDep, if_none_match: IfNoneMatch = None
 ) -> Response:
     """A job's status, stage, epoch, progress, latest metrics and error; with an `ETag`
     (send it back as `If-None-Match`: 304 while the job is unchanged)."""
-    _, job = _job(session, tenant, job_id)
+    # The status path clients poll: one read in autocommit mode and one thread-pool hop
+    # (docs/design.md, "The status path"); the body is serialised once, not re-validated.
+    jid = parse_id(job_id, "job")
+    job = await read_only(services, lambda session: JobRepository(session, tenant.id).get(jid))
+    if job is None:
+        raise NotFound(f"no job {job_id}")
     return json_or_304(service.to_public(job), if_none_match)
 
 

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Annotated, Any, TypeVar
 
 import anyio
@@ -16,11 +17,13 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from api.kit.errors import Unauthorized
+from api.kit.keycache import KeyCache
 from api.kit.streams import StreamSlots
 from store import keys
 from store.blobs import BlobStore
@@ -41,15 +44,20 @@ class Services:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
+    # The same pool in autocommit mode, for reads (`read_only`).
+    read_sessions: sessionmaker[Session]
     store: BlobStore
     celery: Celery
+    keys: KeyCache
     # How many requests may hold a database session at once (`db_slot`).
     db_slots: anyio.Semaphore = field(default_factory=lambda: anyio.Semaphore(10))
     # Event streams open in this process (`GET /v1/jobs/{id}/events`, api.kit.streams).
     streams: StreamSlots = field(default_factory=StreamSlots)
 
 
-def get_services(request: Request) -> Services:
+# The dependencies that do no I/O are `async def`: FastAPI runs a plain `def` dependency in
+# the thread pool, and a thread hand-off costs more than what they do.
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -126,6 +134,26 @@ async def in_transaction(services: Services, work: Callable[[Session], T]) -> T:
         return await run_in_threadpool(_transaction, services, work)
 
 
+async def read_only(services: Services, work: Callable[[Session], T]) -> T:
+    """``work``, which only reads, on a session in autocommit mode: one thread-pool hop and
+    no BEGIN/COMMIT round trips. The API's pool does not ping connections before use (a
+    round trip each); a read that meets a connection the database dropped (a restart) is
+    simply tried once more on a fresh one, since reading twice is harmless."""
+    async with db_slot_held(services):
+        return await run_in_threadpool(_read, services, work)
+
+
+def _read(services: Services, work: Callable[[Session], T]) -> T:
+    for attempt in (1, 2):
+        try:
+            with services.read_sessions() as session:
+                return work(session)
+        except DBAPIError as exc:
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _transaction(services: Services, work: Callable[[Session], T]) -> T:
     with services.sessions() as session:
         with session.begin():
@@ -159,11 +187,24 @@ def unauthorized() -> Unauthorized:
     return Unauthorized(DENIED, headers={"WWW-Authenticate": "Bearer"})
 
 
-def authenticate(session: Session, authorization: str | None) -> Tenant | None:
-    """The tenant whose key the ``Authorization`` header carries, else None."""
+async def authenticate(services: Services, authorization: str | None) -> Tenant | None:
+    """The tenant whose key the ``Authorization`` header carries, else None: from the keys
+    this process accepted in the last ``KDSERVE_KEY_CACHE_TTL_S`` (:mod:`api.kit.keycache`),
+    else from the database."""
     scheme, key = get_authorization_scheme_param(authorization)
     if scheme.lower() != "bearer" or not key:
         return None
+    digest = keys.hash_key(key)
+    tenant = services.keys.get(digest)
+    if tenant is None:
+        tenant = await read_only(services, partial(tenant_of_key, key=key))
+        if tenant is not None:
+            services.keys.put(digest, tenant)
+    return tenant
+
+
+def tenant_of_key(session: Session, key: str) -> Tenant | None:
+    """The tenant whose unrevoked key ``key`` is, else None."""
     prefix = keys.split_prefix(key)
     if prefix is None:
         return None
@@ -180,7 +221,7 @@ def authenticate(session: Session, authorization: str | None) -> Tenant | None:
     return tenant
 
 
-def get_tenant(
+async def get_tenant(
     request: Request,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Tenant:

@@ -5,8 +5,9 @@ checked by a dependency is checked after the body was read: an anonymous 100 MB 
 was read and parsed before its 401. :class:`Gate` checks the key first. A request under
 ``/v1/`` without a valid key gets its 401 at once, the same answer whether or not the tenant
 exists, and its body is never read; the tenant found is left in ``request.state.tenant``
-for :func:`api.kit.deps.get_tenant`. The lookup holds a database session only for its one
-query.
+for :func:`api.kit.deps.get_tenant`. A key the process accepted in the last
+``KDSERVE_KEY_CACHE_TTL_S`` is not looked up again; a lookup holds a database session only
+for its one query.
 
 Then it bounds the body. An upload (a multipart or raw body sent to an upload route) may be
 ``KDSERVE_MAX_UPLOAD_BYTES`` (plus room for the form's fields; the upload code counts the
@@ -21,7 +22,6 @@ connection for a bounded time (and no database session at all: see
 from __future__ import annotations
 
 from collections.abc import Collection
-from functools import partial
 
 import anyio
 from sqlalchemy.exc import OperationalError
@@ -30,7 +30,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.kit import errors
-from api.kit.deps import Services, authenticate, in_transaction, unauthorized
+from api.kit.deps import Services, authenticate, unauthorized
 from store.models import Tenant
 
 UPLOAD_MEDIA_TYPES = ("multipart/form-data", "application/octet-stream")
@@ -57,9 +57,7 @@ class Gate:
         path: str = scope["path"]
         if path == "/v1" or path.startswith("/v1/"):
             try:
-                tenant: Tenant | None = await in_transaction(
-                    services, partial(authenticate, authorization=headers.get("authorization"))
-                )
+                tenant: Tenant | None = await authenticate(services, headers.get("authorization"))
             except OperationalError:
                 await errors.database_unavailable()(scope, receive, send)
                 return
