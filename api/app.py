@@ -27,7 +27,7 @@ from api.webhooks.endpoints import events as webhook_events
 from api.webhooks.endpoints import router as webhooks_router
 from store.backlog import service_queues
 from store.blobs import BlobStore, store_from_settings
-from store.db import make_engine, make_sessionmaker, read_only_engine
+from store.db import make_async_sessionmaker, make_engine, make_read_engine, make_sessionmaker
 from store.queue import make_celery
 from store.settings import Settings
 from store.settings import settings as default_settings
@@ -44,13 +44,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # database dropped gets a 503 (reads retry once: api.kit.deps.read_only), and
         # SQLAlchemy then replaces every older connection of the pool.
         engine = make_engine(settings.db_url, pool_size=settings.database_pool_size, pre_ping=False)
+        read_engine = make_read_engine(settings.db_url, pool_size=settings.database_pool_size)
         store = store_from_settings(settings)
         celery = make_celery(settings)
         app.state.services = Services(
             settings=settings,
             engine=engine,
             sessions=make_sessionmaker(engine),
-            read_sessions=make_sessionmaker(read_only_engine(engine)),
+            readers=make_async_sessionmaker(read_engine),
             store=store,
             celery=celery,
             keys=KeyCache(settings.key_cache_ttl_s),
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         app.state.state_collector.close()
         engine.dispose()
+        await read_engine.dispose()
 
     app = FastAPI(
         title="kdserve",
