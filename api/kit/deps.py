@@ -94,10 +94,13 @@ async def db_slot_held(services: Services) -> AsyncIterator[None]:
     :func:`in_transaction`).
     """
     try:
-        with anyio.fail_after(DB_SLOT_TIMEOUT_S):
-            await services.db_slots.acquire()
-    except TimeoutError as exc:
-        raise PoolTimeout("no database session free; retry shortly") from exc
+        services.db_slots.acquire_nowait()  # the usual case: no timer to set up
+    except anyio.WouldBlock:
+        try:
+            with anyio.fail_after(DB_SLOT_TIMEOUT_S):
+                await services.db_slots.acquire()
+        except TimeoutError as exc:
+            raise PoolTimeout("no database session free; retry shortly") from exc
     try:
         yield
     finally:
