@@ -1,22 +1,28 @@
 """The status path (`GET /v1/jobs/{id}`) made fast keeps its guarantees: the key cache's
 revocation bound, tenant checks with a cached key, no deadlock with more requests than
-pooled connections, and reads that survive connections the database dropped."""
+pooled connections, reads that survive connections the database dropped, and the same
+path on SQLite (embedded mode)."""
 
 from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+from alembic import command
+from alembic.config import Config
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.app import create_app
 from api.kit.keycache import KeyCache
+from store.db import make_engine, make_sessionmaker
 from store.models import Tenant
 from store.repositories.tenants import TenantRepository
 from store.settings import Settings
-from tests.api.factories import Tenancy, create_job
+from tests.api.conftest import ROOT
+from tests.api.factories import Tenancy, create_job, make_tenant
 
 
 class Clock:
@@ -102,3 +108,27 @@ def test_a_read_survives_connections_the_database_dropped(
     r = client.get(f"/v1/jobs/{job}", headers=alice.headers)
     assert r.status_code == 200, r.text
     assert r.headers["etag"]
+
+
+def test_the_status_path_reads_sqlite_too(tmp_path: Path) -> None:
+    """Embedded mode: the read engine is aiosqlite on the same file."""
+    url = f"sqlite:///{tmp_path / 'kdserve.db'}"
+    cfg = Config(str(ROOT / "alembic.ini"))
+    cfg.cmd_opts = type("Opts", (), {"x": [f"url={url}"]})()
+    command.upgrade(cfg, "head")
+    engine = make_engine(url)
+    sessions = make_sessionmaker(engine)
+    alice, bob = make_tenant(sessions, "alice"), make_tenant(sessions, "bob")
+    with sessions() as s, s.begin():
+        job = create_job(s, alice.id).id
+    engine.dispose()
+    settings = Settings(
+        home=tmp_path, database_url=url, storage_url=(tmp_path / "storage").as_uri()
+    )
+    with TestClient(create_app(settings)) as client:
+        r = client.get(f"/v1/jobs/{job}", headers=alice.headers)
+        assert r.status_code == 200
+        assert r.json()["status"] == "queued"
+        again = {**alice.headers, "If-None-Match": r.headers["etag"]}
+        assert client.get(f"/v1/jobs/{job}", headers=again).status_code == 304
+        assert client.get(f"/v1/jobs/{job}", headers=bob.headers).status_code == 404
